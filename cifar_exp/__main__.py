@@ -1,0 +1,3 @@
+from cifar_exp.main import cli
+
+cli()
