@@ -1,0 +1,149 @@
+"""One job from config to closed MLflow run: validate, connect, train, record the outcome.
+
+Callable without Hydra (tests pass a composed config and a JobContext). In a multirun a
+failing job is recorded FAILED and returns NaN so the sweep goes on; alone, it raises.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from cifar_exp import tracking
+from cifar_exp.errors import ConfigError
+from cifar_exp.validate import validate
+
+log = logging.getLogger(__name__)
+HIDDEN_OVERRIDE_PREFIXES = ("hydra.", "mlflow.", "optuna_trial")
+VERSIONED_PACKAGES = ("tensorflow", "keras", "jax", "mlflow", "optuna", "hydra-core", "numpy")
+
+
+@dataclass
+class JobContext:
+    """What Hydra knows about this job that the config does not say."""
+
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, str] = field(default_factory=dict)
+    output_dir: str | None = None
+    sweep_dir: str | None = None
+    job_num: int | None = None
+    multirun: bool = False
+
+
+def run_job(cfg, context: JobContext) -> float:
+    try:
+        validate(cfg)
+        client = tracking.connect(cfg.mlflow.tracking_uri)
+    except ConfigError as error:
+        _write_status(context, "FAILED", error)
+        if not context.multirun:
+            raise
+        log.error("%s", error)
+        _record_failed_start(cfg, context, error)
+        return math.nan
+
+    tracker = tracking.RunTracker.start(client, cfg.mlflow.experiment_name, run_name(cfg, context), run_tags(cfg, context))
+    try:
+        tracker.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        metrics = run_task(cfg, tracker)
+        value = float(metrics[cfg.optimized_metric])
+    except KeyboardInterrupt as error:
+        tracker.finish("KILLED", error)
+        _write_status(context, "KILLED", error, tracker.run_id)
+        raise
+    except Exception as error:
+        tracker.finish("FAILED", error)
+        _write_status(context, "FAILED", error, tracker.run_id)
+        if not context.multirun:
+            raise
+        log.exception("job %s failed; the sweep goes on", context.job_num)
+        return math.nan
+    tracker.finish("FINISHED")
+    _write_status(context, "FINISHED", None, tracker.run_id, value)
+    return value
+
+
+def run_task(cfg, tracker) -> dict[str, float]:
+    from cifar_exp import train  # imports Keras: only once a job really runs
+
+    return train.run(cfg, tracker)
+
+
+def run_name(cfg, context: JobContext) -> str:
+    if cfg.mlflow.run_name:
+        return str(cfg.mlflow.run_name)
+    shown = [o for o in context.overrides if not o.lstrip("+~").startswith(HIDDEN_OVERRIDE_PREFIXES)]
+    return tracking.mask_secrets(",".join(shown)) if shown else "defaults"
+
+
+def run_tags(cfg, context: JobContext) -> dict[str, str]:
+    tags = {f"choice.{group}": str(option) for group, option in context.choices.items()
+            if not group.startswith("hydra") and option is not None}
+    tags.update({
+        "task": cfg.task,
+        "overrides": " ".join(context.overrides),
+        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "python_version": platform.python_version(),
+    })
+    for package in VERSIONED_PACKAGES:
+        try:
+            tags[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    if context.output_dir:
+        tags["output_dir"] = str(context.output_dir)
+    if context.multirun and context.sweep_dir:
+        tags["sweep_dir"] = str(context.sweep_dir)
+        tags["sweep_id"] = sweep_id(context.sweep_dir)
+        tags["job_num"] = str(context.job_num)
+    tags.update(git_state())
+    return tags
+
+
+def sweep_id(sweep_dir: str) -> str:
+    """Shared by every job of one multirun: a short hash of the sweep folder's path."""
+    return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def git_state() -> dict[str, str]:
+    """The commit of the code that ran, and whether it had uncommitted changes."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if commit.returncode != 0:
+        return {}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": str(bool(dirty.stdout.strip())).lower()}
+
+
+def _record_failed_start(cfg, context: JobContext, error: Exception) -> None:
+    """In a sweep, a job rejected before training still leaves a FAILED run saying why."""
+    try:
+        client = tracking.connect(cfg.mlflow.tracking_uri)
+        tracker = tracking.RunTracker.start(client, str(cfg.mlflow.experiment_name), run_name(cfg, context),
+                                            run_tags(cfg, context))
+        tracker.finish("FAILED", error)
+    except Exception:  # the store itself is what is wrong: the console message must do
+        log.warning("could not record the failed job in MLflow")
+
+
+def _write_status(context: JobContext, status: str, error, run_id=None, value=None) -> None:
+    """job_status.json in the job's folder: what the sweep summary counts."""
+    if not context.output_dir:
+        return
+    record = {"status": status, "run_id": run_id, "value": value, "overrides": context.overrides,
+              "error": None if error is None else tracking.mask_secrets(f"{type(error).__name__}: {error}")}
+    Path(context.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(context.output_dir) / "job_status.json").write_text(json.dumps(record, indent=1))

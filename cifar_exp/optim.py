@@ -1,0 +1,102 @@
+"""The `optimizer` and `lr_schedule` groups: Keras optimizers and schedules.
+
+Schedules are configured in epochs and converted to optimizer steps here; the peak or
+initial rate is always `optimizer.lr`.
+"""
+from __future__ import annotations
+
+from cifar_exp.errors import ConfigError
+
+# optimizer name -> (Keras class, fixed keyword arguments, config fields it takes)
+OPTIMIZERS = {
+    "sgd": ("SGD", {}, ("momentum",)),
+    "momentum": ("SGD", {}, ("momentum",)),
+    "nesterov": ("SGD", {"nesterov": True}, ("momentum",)),
+    "adam": ("Adam", {}, ()),
+    "adamw": ("AdamW", {}, ()),
+    "adadelta": ("Adadelta", {}, ()),
+    "adagrad": ("Adagrad", {}, ()),
+    "rmsprop": ("RMSprop", {}, ("momentum",)),
+    "nadam": ("Nadam", {}, ()),
+}
+SCHEDULES = ("constant", "piecewise", "onecycle", "cosine", "exponential")
+
+
+def check_optimizer(cfg) -> None:
+    if cfg.name not in OPTIMIZERS:
+        raise ConfigError("optimizer.name", cfg.name, ", ".join(OPTIMIZERS))
+    _positive("optimizer.lr", cfg.get("lr"))
+    if "momentum" in cfg and not (_is_number(cfg.momentum) and 0 <= cfg.momentum < 1):
+        raise ConfigError("optimizer.momentum", cfg.momentum, "a number in [0, 1)")
+    for key in ("weight_decay", "clipnorm"):
+        if cfg.get(key) is not None:
+            _positive(f"optimizer.{key}", cfg[key], "null or a positive number")
+
+
+def check_schedule(cfg, epochs: int) -> None:
+    if cfg.name not in SCHEDULES:
+        raise ConfigError("lr_schedule.name", cfg.name, ", ".join(SCHEDULES))
+    if cfg.name == "piecewise":
+        ms = list(cfg.milestones)
+        if not all(isinstance(m, int) and m >= 1 for m in ms) or ms != sorted(ms):
+            raise ConfigError("lr_schedule.milestones", ms, "increasing 1-based epoch numbers")
+        _positive("lr_schedule.factor", cfg.factor)
+    if cfg.name == "onecycle" and not (_is_number(cfg.peak_epoch) and 0 < cfg.peak_epoch < epochs):
+        raise ConfigError("lr_schedule.peak_epoch", cfg.peak_epoch, f"a number in (0, trainer.epochs={epochs})")
+    if cfg.name == "cosine":
+        if not (_is_number(cfg.warmup_epochs) and 0 <= cfg.warmup_epochs < epochs):
+            raise ConfigError("lr_schedule.warmup_epochs", cfg.warmup_epochs, f"a number in [0, trainer.epochs={epochs})")
+        if not (_is_number(cfg.alpha) and 0 <= cfg.alpha <= 1):
+            raise ConfigError("lr_schedule.alpha", cfg.alpha, "a number in [0, 1]")
+    if cfg.name == "exponential":
+        _positive("lr_schedule.decay_rate", cfg.decay_rate)
+        _positive("lr_schedule.decay_epochs", cfg.decay_epochs)
+
+
+def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
+    """A float (constant) or a keras LearningRateSchedule indexed by optimizer step."""
+    import keras
+
+    schedules = keras.optimizers.schedules
+    if cfg.name == "constant":
+        return float(lr)
+    if cfg.name == "piecewise":
+        # The optimizer's step counts finished updates, so 1-based epoch m begins at
+        # step (m - 1) * steps_per_epoch; PiecewiseConstantDecay switches after a boundary.
+        boundaries = [(m - 1) * steps_per_epoch - 1 for m in cfg.milestones]
+        values = [float(lr) * cfg.factor ** i for i in range(len(boundaries) + 1)]
+        return schedules.PiecewiseConstantDecay(boundaries, values)
+    if cfg.name == "onecycle":
+        from cifar_exp.schedules import OneCycle
+
+        return OneCycle(float(lr), cfg.peak_epoch * steps_per_epoch, epochs * steps_per_epoch)
+    if cfg.name == "cosine":
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        total = epochs * steps_per_epoch
+        if warmup:
+            return schedules.CosineDecay(0.0, total - warmup, alpha=cfg.alpha, warmup_target=float(lr), warmup_steps=warmup)
+        return schedules.CosineDecay(float(lr), total, alpha=cfg.alpha)
+    if cfg.name == "exponential":
+        return schedules.ExponentialDecay(float(lr), cfg.decay_epochs * steps_per_epoch, cfg.decay_rate)
+    raise ConfigError("lr_schedule.name", cfg.name, ", ".join(SCHEDULES))
+
+
+def build_optimizer(cfg, learning_rate):
+    import keras
+
+    class_name, fixed, fields = OPTIMIZERS[cfg.name]
+    kwargs = dict(fixed, learning_rate=learning_rate)
+    kwargs.update({k: cfg[k] for k in fields if k in cfg})
+    for key in ("weight_decay", "clipnorm"):
+        if cfg.get(key) is not None:
+            kwargs[key] = cfg[key]
+    return getattr(keras.optimizers, class_name)(**kwargs)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive(key, value, allowed="a positive number"):
+    if not (_is_number(value) and value > 0 and value == value and value != float("inf")):
+        raise ConfigError(key, value, allowed)

@@ -1,0 +1,183 @@
+"""One training job: data, model, optimizer, `model.fit`, final evaluation, figures.
+
+`run(cfg, tracker)` is called by job.py with a validated config and an open MLflow run;
+it returns the final metrics. Imported only when a job runs (it imports Keras).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+from omegaconf import OmegaConf
+
+from cifar_exp import augment, plots
+from cifar_exp.data import DataSplits, load_dataset
+from cifar_exp.distribute import build_strategy
+from cifar_exp.initializers import apply_init, apply_l2
+from cifar_exp.models import build_model
+from cifar_exp.optim import build_lr_schedule, build_optimizer
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """Shuffled mini-batches of (uint8 images, labels, per-sample weights).
+
+    The weights are read from `sample_weights` when each batch is made, so self-paced
+    learning can change them in place between epochs without rebuilding the pipeline.
+    """
+
+    def __init__(self, x, y, sample_weights, batch_size: int, seed: int):
+        super().__init__()
+        self.x, self.y, self.sample_weights, self.batch_size = x, y, sample_weights, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(y))
+
+    def __len__(self):
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.x[idx], self.y[idx], self.sample_weights[idx]
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.y))
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Per-epoch metrics to MLflow, named after the split really evaluated.
+
+    Keras calls the evaluated split `val_*`; when it is the test split we log `test_*`.
+    Adds the learning rate and the epoch's wall time (s, training + evaluation).
+    """
+
+    def __init__(self, tracker, eval_split: str):
+        super().__init__()
+        self.tracker, self.eval_split = tracker, eval_split
+        self.history: dict[str, list[float]] = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {}
+        for key, value in (logs or {}).items():
+            if key.startswith("val_"):
+                key = f"{self.eval_split}_{key[4:]}"
+            metrics[key] = float(value)
+        metrics["lr"] = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        metrics["epoch_time"] = time.perf_counter() - self.started
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append(value)
+        self.tracker.log_metrics(metrics, step=epoch + 1)
+
+
+class FailOnNonFiniteLoss(keras.callbacks.Callback):
+    """A NaN/inf loss fails the job (TerminateOnNaN would end it looking like a success)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise FloatingPointError(f"training loss became {float(loss)} in epoch {epoch + 1}")
+
+
+def build_classifier(cfg, data: DataSplits):
+    """uint8 images -> preprocessing -> augmentation (training only) -> model -> float32 logits."""
+    core = build_model(cfg.model, data.image_shape, data.num_classes)
+    apply_init(core, cfg.init)
+    apply_l2(core, cfg.model.get("kernel_l2", 0.0), cfg.model.get("bias_l2", 0.0))
+    inputs = keras.Input(data.image_shape, dtype="uint8", name="images")
+    x = augment.build_preprocessing(cfg.dataset.preprocess, data.x_train)(inputs)
+    augmentation = augment.build_augmentation(cfg.dataset.augment, data.image_shape)
+    if augmentation is not None:
+        x = augmentation(x)
+    # Under mixed precision the logits, softmax and loss stay float32.
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(core(x))
+    return keras.Model(inputs, logits, name=f"{core.name}_classifier")
+
+
+def progress_verbosity(setting) -> int:
+    """Keras' bar on a terminal, one line per epoch in logs and batch jobs."""
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(setting)
+
+
+def run(cfg, tracker, extra_callbacks=()) -> dict[str, float]:
+    keras.backend.clear_session()  # free the previous job's graphs in a multirun process
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy(cfg.trainer.precision)
+    try:
+        return _train_and_evaluate(cfg, tracker, list(extra_callbacks))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _train_and_evaluate(cfg, tracker, extra_callbacks) -> dict[str, float]:
+    data = load_dataset(cfg.dataset, cfg.seed)
+    tracker.set_tags({"data.n_train": len(data.y_train), "data.n_test": len(data.y_test),
+                      "data.n_val": 0 if data.y_val is None else len(data.y_val),
+                      "data.eval_split": data.eval_split})
+    epochs, batch_size = cfg.trainer.epochs, cfg.trainer.batch_size
+    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
+
+    strategy = build_strategy(cfg.trainer.strategy)
+    with strategy.scope():
+        model = build_classifier(cfg, data)
+        schedule = build_lr_schedule(cfg.lr_schedule, cfg.optimizer.lr, steps_per_epoch, epochs)
+        model.compile(
+            optimizer=build_optimizer(cfg.optimizer, schedule),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=cfg.trainer.jit_compile,
+        )
+
+    sample_weights = np.ones(len(data.y_train), dtype="float32")
+    batches = TrainBatches(data.x_train, data.y_train, sample_weights, batch_size, seed=cfg.seed)
+    eval_x, eval_y = (data.x_val, data.y_val) if data.eval_split == "val" else (data.x_test, data.y_test)
+    logger = EpochLogger(tracker, data.eval_split)
+    callbacks = []
+    if cfg.weighting.name != "none":
+        from cifar_exp.spl import build_spl_callback
+
+        callbacks.append(build_spl_callback(
+            cfg.weighting, x_train=data.x_train, y_train=data.y_train, sample_weights=sample_weights,
+            batch_size=batch_size, class_names=data.class_names, tracker=tracker))
+    callbacks += [logger, FailOnNonFiniteLoss(), *extra_callbacks]
+
+    model.fit(batches, epochs=epochs, validation_data=(eval_x, eval_y), validation_batch_size=batch_size,
+              callbacks=callbacks, verbose=progress_verbosity(cfg.trainer.verbose))
+
+    final = _final_test_metrics(model, data, logger, batch_size)
+    tracker.log_metrics(final, step=len(logger.history.get("loss", [])))
+    _log_artifacts(cfg, tracker, model, data, logger, batch_size)
+    # Sweepers may optimise the last validation metrics (already logged per epoch).
+    final.update({key: values[-1] for key, values in logger.history.items() if key.startswith("val_")})
+    return final
+
+
+def _final_test_metrics(model, data, logger, batch_size) -> dict[str, float]:
+    """Test loss/accuracy of the final model; the last epoch's when it already evaluated test."""
+    if data.eval_split == "test" and logger.history.get("test_loss"):
+        return {"test_loss": logger.history["test_loss"][-1], "test_accuracy": logger.history["test_accuracy"][-1]}
+    loss, accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0)
+    return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+
+
+def _log_artifacts(cfg, tracker, model, data, logger, batch_size) -> None:
+    tracker.log_figure(plots.learning_curves(logger.history, data.eval_split), "learning_curves.png")
+    predicted = np.argmax(model.predict(data.x_test, batch_size=batch_size, verbose=0), axis=1)
+    counts, figure = plots.confusion_matrix(data.y_test, predicted, data.class_names)
+    tracker.log_figure(figure, "confusion_matrix.png")
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    tracker.log_text(",".join(["true\\predicted", *data.class_names]) + "\n" + "\n".join(
+        ",".join([name, *map(str, row)]) for name, row in zip(data.class_names, counts)), "confusion_matrix.csv")
+    if cfg.mlflow.log_model:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.keras"
+            model.save(path)
+            tracker.log_artifact(str(path))

@@ -1,0 +1,52 @@
+"""Every check a config must pass before any data is loaded or any model is built."""
+from __future__ import annotations
+
+from cifar_exp.data import check_dataset
+from cifar_exp.distribute import STRATEGIES
+from cifar_exp.errors import ConfigError
+from cifar_exp.initializers import check_init
+from cifar_exp.models import check_model
+from cifar_exp.optim import check_optimizer, check_schedule
+from cifar_exp.weighting import check_weighting
+
+TASKS = ("classify",)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+FINAL_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
+
+
+def _positive_int(key: str, value) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ConfigError(key, value, "a positive integer")
+
+
+def validate(cfg) -> None:
+    if cfg.task not in TASKS:
+        raise ConfigError("task", cfg.task, ", ".join(TASKS))
+    if not (isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and cfg.seed >= 0):
+        raise ConfigError("seed", cfg.seed, "an integer >= 0")
+    trainer = cfg.trainer
+    _positive_int("trainer.epochs", trainer.epochs)
+    _positive_int("trainer.batch_size", trainer.batch_size)
+    if trainer.precision not in PRECISIONS:
+        raise ConfigError("trainer.precision", trainer.precision, ", ".join(PRECISIONS))
+    if trainer.jit_compile not in ("auto", True, False):
+        raise ConfigError("trainer.jit_compile", trainer.jit_compile, "auto, true or false")
+    if trainer.strategy not in STRATEGIES:
+        raise ConfigError("trainer.strategy", trainer.strategy, ", ".join(STRATEGIES))
+    if trainer.verbose not in ("auto", 0, 1, 2):
+        raise ConfigError("trainer.verbose", trainer.verbose, "auto, 0, 1 or 2")
+    if not (isinstance(cfg.mlflow.tracking_uri, str) and cfg.mlflow.tracking_uri):
+        raise ConfigError("mlflow.tracking_uri", cfg.mlflow.tracking_uri, "a tracking URI such as sqlite:///mlflow.db")
+    if not (isinstance(cfg.mlflow.experiment_name, str) and cfg.mlflow.experiment_name):
+        raise ConfigError("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
+    if cfg.optimized_metric not in FINAL_METRICS:
+        raise ConfigError("optimized_metric", cfg.optimized_metric, ", ".join(FINAL_METRICS))
+    if cfg.optimized_metric.startswith("val_") and not (cfg.dataset.get("val_fraction") or cfg.dataset.get("folds")):
+        raise ConfigError("optimized_metric", cfg.optimized_metric,
+                          "test_* metrics, or val_* with dataset.val_fraction > 0 or dataset.folds set")
+    check_model(cfg.model)
+    check_init(cfg.init)
+    check_optimizer(cfg.optimizer)
+    check_schedule(cfg.lr_schedule, trainer.epochs)
+    check_dataset(cfg.dataset)
+    check_weighting(cfg.weighting)
