@@ -153,7 +153,8 @@ def _train_and_evaluate(cfg, tracker, extra_callbacks) -> dict[str, float]:
               callbacks=callbacks, verbose=progress_verbosity(cfg.trainer.verbose))
 
     final = _final_test_metrics(model, data, logger, batch_size)
-    tracker.log_metrics(final, step=len(logger.history.get("loss", [])))
+    if data.eval_split != "test":  # otherwise the last epoch already logged these values
+        tracker.log_metrics(final, step=len(logger.history.get("loss", [])))
     _log_artifacts(cfg, tracker, model, data, logger, batch_size)
     # Sweepers may optimise the last validation metrics (already logged per epoch).
     final.update({key: values[-1] for key, values in logger.history.items() if key.startswith("val_")})

@@ -1,0 +1,77 @@
+"""Shared helpers: compose configs without running Hydra, and run the CLI in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+# A job that trains in seconds on a laptop CPU: LeNet on small synthetic images.
+SMOKE = [
+    "dataset=synthetic", "dataset.image_shape=[28,28,1]", "dataset.train_size=512", "dataset.test_size=128",
+    "model=lenet", "optimizer=adam", "lr_schedule=constant", "init=he_normal",
+    "trainer.epochs=2", "trainer.batch_size=32", "trainer.verbose=2",
+]
+
+
+def compose(overrides=()):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def run_cli(args, cwd, timeout=600, env=None):
+    """`python -m cifar_exp ARGS` in `cwd`; returns the CompletedProcess (never raises)."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "cifar_exp", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def tracking_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def all_runs(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = client.search_experiments()
+    if not experiments:
+        return client, []
+    return client, client.search_runs([e.experiment_id for e in experiments], max_results=1000)
+
+
+@pytest.fixture
+def fake_tracker():
+    class FakeTracker:
+        run_id = "fake"
+
+        def __init__(self):
+            self.metrics, self.tags, self.artifacts = [], {}, []
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.append((step, dict(metrics)))
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+        def log_params(self, params):
+            pass
+
+        def log_artifact(self, path, artifact_path=None):
+            self.artifacts.append(Path(path).name)
+
+        def log_figure(self, figure, artifact_file):
+            self.artifacts.append(artifact_file)
+
+        def log_text(self, text, artifact_file):
+            self.artifacts.append(artifact_file)
+
+    return FakeTracker()

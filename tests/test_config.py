@@ -1,0 +1,47 @@
+"""Every option of every config group composes and passes validation, without TensorFlow."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CONF, compose
+
+GROUPS = ["model", "init", "optimizer", "lr_schedule", "dataset", "weighting"]
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(group, option):
+    from cifar_exp.validate import validate
+
+    cfg = compose([f"{group}={option}"])
+    assert cfg[group].name == option
+    validate(cfg)
+
+
+@pytest.mark.parametrize("folder", ["experiment", "hparams_search"])
+def test_overlays_compose(folder):
+    for path in sorted((CONF / folder).glob("*.yaml")):
+        cfg = compose([f"{folder}={path.stem}"])
+        assert cfg.model.name
+
+
+def test_config_and_validation_do_not_import_tensorflow():
+    code = (
+        "import sys; sys.path.insert(0, 'tests');"
+        "from conftest import compose; from cifar_exp.validate import validate; import cifar_exp.main, cifar_exp.job;"
+        "validate(compose(['model=alexnet', 'init=he_normal']));"
+        "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_help_lists_groups_without_tensorflow(tmp_path):
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cifar_exp", "--help"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "model: alexnet, allcnn_c, lenet, resnet50, resnet9, simple_cnn" in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "tensorflow" not in imported and "keras" not in imported
