@@ -40,9 +40,14 @@ class JobContext:
 
 
 def run_job(cfg, context: JobContext) -> float:
+    tracking.mask_saved_configs(context.output_dir, context.multirun and context.sweep_dir)
     try:
         validate(cfg)
         client = tracking.connect(cfg.mlflow.tracking_uri)
+        digest = config_hash(cfg)
+        experiment_id = tracking.experiment_id(client, cfg.mlflow.experiment_name)
+        earlier = tracking.runs_with_tag(client, experiment_id, "config_hash", digest)
+        resumed = run_to_resume(cfg, context, client, digest, earlier)
     except ConfigError as error:
         _write_status(context, "FAILED", error)
         if not context.multirun:
@@ -51,10 +56,30 @@ def run_job(cfg, context: JobContext) -> float:
         _record_failed_start(cfg, context, error)
         return math.nan
 
-    tracker = tracking.RunTracker.start(client, cfg.mlflow.experiment_name, run_name(cfg, context), run_tags(cfg, context))
+    finished = [run for run in earlier if run.info.status == "FINISHED"]
+    if context.multirun and finished and not cfg.sweep.rerun and resumed is None:
+        value = finished[0].data.metrics.get(cfg.optimized_metric, math.nan)
+        log.info("skipping: run %s already finished this config (sweep.rerun=true runs it again)",
+                 finished[0].info.run_id)
+        _write_status(context, "FINISHED", None, finished[0].info.run_id, value)
+        return float(value)
+
+    if resumed is not None:
+        run, checkpoint_dir = resumed
+        tracker = tracking.RunTracker.resume(client, run.info.run_id, context.output_dir)
+        log.info("resuming run %s from %s", run.info.run_id, checkpoint_dir)
+    else:
+        tags = dict(run_tags(cfg, context), config_hash=digest)
+        tracker = tracking.RunTracker.start(client, cfg.mlflow.experiment_name, run_name(cfg, context), tags,
+                                            context.output_dir)
+        checkpoint_dir = str(Path(context.output_dir) / "checkpoint") if context.output_dir else None
+    if not cfg.trainer.checkpoint:
+        checkpoint_dir = None
+    _write_status(context, "RUNNING", None, tracker.run_id)
     try:
-        tracker.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        metrics = run_task(cfg, tracker)
+        if resumed is None:
+            tracker.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        metrics = run_task(cfg, tracker, checkpoint_dir)
         value = float(metrics[cfg.optimized_metric])
     except KeyboardInterrupt as error:
         tracker.finish("KILLED", error)
@@ -72,10 +97,56 @@ def run_job(cfg, context: JobContext) -> float:
     return value
 
 
-def run_task(cfg, tracker) -> dict[str, float]:
+def run_task(cfg, tracker, checkpoint_dir: str | None) -> dict[str, float]:
     from cifar_exp import train  # imports Keras: only once a job really runs
 
-    return train.run(cfg, tracker)
+    return train.run(cfg, tracker, checkpoint_dir=checkpoint_dir)
+
+
+# Keys that do not change what a job computes: a run differing only in them is the same job.
+CONFIG_HASH_IGNORES = ("resume", "sweep", "mlflow", "trainer.verbose", "trainer.checkpoint")
+
+
+def config_hash(cfg) -> str:
+    """Identifies a job by its resolved config, to skip or resume it in a later sweep."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in CONFIG_HASH_IGNORES:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_to_resume(cfg, context: JobContext, client, digest: str, earlier):
+    """(run, checkpoint folder) of an unfinished run this job continues, or None.
+
+    `resume=<run id>` names it; otherwise a re-run in the same job folder, or a re-run of a
+    sweep that was interrupted (matched by the config hash), picks up its checkpoint.
+    """
+    if cfg.resume:
+        try:
+            run = client.get_run(str(cfg.resume))
+        except Exception:
+            raise ConfigError("resume", cfg.resume, "the id of an MLflow run in this tracking store") from None
+        if run.data.tags.get("config_hash") != digest:
+            raise ConfigError("resume", cfg.resume, "a run of the same config: repeat its overrides: "
+                              f"{run.data.tags.get('overrides', '')!r}")
+        if run.info.status == "FINISHED":
+            raise ConfigError("resume", cfg.resume, "an unfinished run (this one FINISHED)")
+        return run, str(Path(run.data.tags.get("output_dir", ".")) / "checkpoint")
+    unfinished = [run for run in earlier if run.info.status != "FINISHED"]
+    same_folder = [run for run in unfinished if context.output_dir
+                   and run.data.tags.get("output_dir") == str(context.output_dir)]
+    if same_folder:
+        return same_folder[0], str(Path(context.output_dir) / "checkpoint")
+    if context.multirun:
+        for run in unfinished:
+            folder = Path(run.data.tags.get("output_dir", "")) / "checkpoint"
+            if run.data.tags.get("output_dir") and folder.is_dir():
+                return run, str(folder)
+    return None
 
 
 def run_name(cfg, context: JobContext) -> str:
@@ -133,7 +204,7 @@ def _record_failed_start(cfg, context: JobContext, error: Exception) -> None:
     try:
         client = tracking.connect(cfg.mlflow.tracking_uri)
         tracker = tracking.RunTracker.start(client, str(cfg.mlflow.experiment_name), run_name(cfg, context),
-                                            run_tags(cfg, context))
+                                            run_tags(cfg, context), context.output_dir)
         tracker.finish("FAILED", error)
     except Exception:  # the store itself is what is wrong: the console message must do
         log.warning("could not record the failed job in MLflow")
@@ -143,7 +214,8 @@ def _write_status(context: JobContext, status: str, error, run_id=None, value=No
     """job_status.json in the job's folder: what the sweep summary counts."""
     if not context.output_dir:
         return
-    record = {"status": status, "run_id": run_id, "value": value, "overrides": context.overrides,
+    record = {"status": status, "run_id": run_id, "value": value,
+              "overrides": [tracking.mask_secrets(o) for o in context.overrides],
               "error": None if error is None else tracking.mask_secrets(f"{type(error).__name__}: {error}")}
     Path(context.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(context.output_dir) / "job_status.json").write_text(json.dumps(record, indent=1))

@@ -34,7 +34,9 @@ def main(cfg: DictConfig) -> float:
     try:
         return run_job(cfg, context)
     except ConfigError as error:
-        print(f"Error: {error}", file=sys.stderr)
+        from cifar_exp.tracking import mask_secrets
+
+        print(f"Error: {mask_secrets(error)}", file=sys.stderr)
         sys.exit(2)
 
 

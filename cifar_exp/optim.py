@@ -41,8 +41,9 @@ def check_schedule(cfg, epochs: int) -> None:
         if not all(isinstance(m, int) and m >= 1 for m in ms) or ms != sorted(ms):
             raise ConfigError("lr_schedule.milestones", ms, "increasing 1-based epoch numbers")
         _positive("lr_schedule.factor", cfg.factor)
-    if cfg.name == "onecycle" and not (_is_number(cfg.peak_epoch) and 0 < cfg.peak_epoch < epochs):
-        raise ConfigError("lr_schedule.peak_epoch", cfg.peak_epoch, f"a number in (0, trainer.epochs={epochs})")
+    if cfg.name == "onecycle" and cfg.peak_epoch is not None and not (
+            _is_number(cfg.peak_epoch) and 0 <= cfg.peak_epoch < epochs):
+        raise ConfigError("lr_schedule.peak_epoch", cfg.peak_epoch, f"null or a number in [0, trainer.epochs={epochs})")
     if cfg.name == "cosine":
         if not (_is_number(cfg.warmup_epochs) and 0 <= cfg.warmup_epochs < epochs):
             raise ConfigError("lr_schedule.warmup_epochs", cfg.warmup_epochs, f"a number in [0, trainer.epochs={epochs})")
@@ -69,7 +70,8 @@ def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
     if cfg.name == "onecycle":
         from cifar_exp.schedules import OneCycle
 
-        return OneCycle(float(lr), cfg.peak_epoch * steps_per_epoch, epochs * steps_per_epoch)
+        peak_epoch = (epochs + 1) // 5 if cfg.peak_epoch is None else cfg.peak_epoch
+        return OneCycle(float(lr), peak_epoch * steps_per_epoch, epochs * steps_per_epoch)
     if cfg.name == "cosine":
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         total = epochs * steps_per_epoch

@@ -16,7 +16,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        up = step / self.peak_step
+        up = step / self.peak_step if self.peak_step > 0 else 1.0  # peak 0: start at the peak
         down = (self.total_steps - step) / (self.total_steps - self.peak_step)
         return self.peak_lr * ops.clip(ops.minimum(up, down), 0.0, 1.0)
 

@@ -5,6 +5,7 @@ Uses MlflowClient (not the fluent API) so jobs of one multirun process never sha
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -12,13 +13,37 @@ from contextlib import contextmanager
 
 from cifar_exp.errors import ConfigError
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^/\s:@]+:)(?P<secret>[^@\s/]+)(?P<tail>@)")
+# scheme://user:password@host, also as Hydra writes overrides (scheme\://user\:password@host).
+_PASSWORD_IN_URL = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*\\?://[^/\s:@\\]+\\?:)(?P<secret>[^@\s/]+)(?P<tail>@)")
+log = logging.getLogger(__name__)
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 
 def mask_secrets(text: str) -> str:
     """Hide the password of any URL such as postgresql://user:secret@host/db."""
     return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", str(text))
+
+
+class MaskingFormatter(logging.Formatter):
+    """A log formatter that hides URL passwords; Hydra's logging config uses it."""
+
+    def __init__(self, fmt=None, datefmt=None, format=None, **kwargs):  # noqa: A002 - dictConfig passes `format`
+        super().__init__(fmt or format, datefmt, **kwargs)
+
+    def format(self, record):
+        return mask_secrets(super().format(record))
+
+
+def mask_saved_configs(*folders) -> None:
+    """Hydra saves the raw config and overrides (.hydra/*.yaml, multirun.yaml): mask them."""
+    from pathlib import Path
+
+    for folder in filter(None, folders):
+        for path in [*Path(folder).glob(".hydra/*.yaml"), Path(folder) / "multirun.yaml"]:
+            if path.is_file():
+                text = path.read_text()
+                if mask_secrets(text) != text:
+                    path.write_text(mask_secrets(text))
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:
@@ -82,27 +107,49 @@ def connect(tracking_uri: str):
     return client
 
 
-class RunTracker:
-    """One MLflow run; everything a job logs goes through here."""
+def experiment_id(client, name: str) -> str:
+    """The id of the named experiment, created on first use."""
+    from mlflow.exceptions import MlflowException
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    experiment = _retry(lambda: client.get_experiment_by_name(name))
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return _retry(lambda: client.create_experiment(name))
+    except MlflowException:  # a parallel job created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def runs_with_tag(client, experiment: str, key: str, value: str):
+    """Runs of the experiment carrying tag key=value, newest first."""
+    return _retry(lambda: client.search_runs([experiment], filter_string=f"tags.{key} = '{value}'",
+                                             order_by=["attributes.start_time DESC"], max_results=100))
+
+
+class RunTracker:
+    """One MLflow run; everything a job logs goes through here.
+
+    Metrics the store refuses (a tracking server gone mid-run) are kept and sent with the
+    next write; training never stops for them. `finish` reconciles what is still pending
+    or, failing that, saves it to `pending_metrics.json` in the job folder and says so.
+    """
+
+    def __init__(self, client, run_id: str, output_dir: str | None = None):
+        self.client, self.run_id, self.output_dir = client, run_id, output_dir
+        self.pending: list = []
 
     @classmethod
-    def start(cls, client, experiment_name: str, run_name: str, tags: dict[str, str]):
-        from mlflow.exceptions import MlflowException
+    def resume(cls, client, run_id: str, output_dir: str | None = None):
+        """Continue an unfinished run: same id, new metrics appended."""
+        _retry(lambda: client.update_run(run_id, status="RUNNING"))
+        return cls(client, run_id, output_dir)
 
-        experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            try:
-                experiment_id = client.create_experiment(experiment_name)
-            except MlflowException:  # a parallel job created it first
-                experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
-        else:
-            experiment_id = experiment.experiment_id
-        run = _retry(lambda: client.create_run(experiment_id, run_name=run_name,
+    @classmethod
+    def start(cls, client, experiment_name: str, run_name: str, tags: dict[str, str], output_dir: str | None = None):
+        experiment = experiment_id(client, experiment_name)
+        run = _retry(lambda: client.create_run(experiment, run_name=run_name,
                                                tags={k: mask_secrets(v) for k, v in tags.items()}))
-        return cls(client, run.info.run_id)
+        return cls(client, run.info.run_id, output_dir)
 
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
@@ -121,8 +168,26 @@ class RunTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        _retry(lambda: self.client.log_batch(self.run_id, metrics=items))
+        self.pending += [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self._flush_metrics()
+
+    def _flush_metrics(self) -> bool:
+        batch = self.pending[:1000]  # MLflow takes at most 1000 metrics per call
+        while batch:
+            try:
+                _retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+            except Exception as error:
+                log.warning("MLflow refused %d metric values (%s); kept for the next attempt",
+                            len(self.pending), mask_secrets(str(error).splitlines()[0] if str(error) else error))
+                return False
+            self.pending = self.pending[len(batch):]
+            batch = self.pending[:1000]
+        return True
+
+    def logged_epochs(self) -> int:
+        """The last epoch (step) of the `loss` metric the store holds; 0 if none."""
+        history = _retry(lambda: self.client.get_metric_history(self.run_id, "loss"))
+        return max((m.step for m in history), default=0)
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(self.run_id, local_path, artifact_path))
@@ -138,7 +203,21 @@ class RunTracker:
 
     def finish(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
         """Close the run; FAILED/KILLED runs carry the error as a tag."""
+        if self.pending and not self._flush_metrics():
+            self._save_pending()
         if error is not None:
             message = mask_secrets(f"{type(error).__name__}: {error}")[:5000]
             self.set_tags({"error": message})
         _retry(lambda: self.client.set_terminated(self.run_id, status))
+
+    def _save_pending(self) -> None:
+        import json
+        from pathlib import Path
+
+        if not self.output_dir:
+            log.error("%d metric values could not be sent to MLflow and are lost", len(self.pending))
+            return
+        path = Path(self.output_dir) / "pending_metrics.json"
+        path.write_text(json.dumps([{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+                                    for m in self.pending]))
+        log.error("%d metric values could not be sent to MLflow; saved to %s", len(self.pending), path)

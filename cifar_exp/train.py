@@ -5,6 +5,7 @@ it returns the final metrics. Imported only when a job runs (it imports Keras).
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import tempfile
@@ -31,11 +32,15 @@ class TrainBatches(keras.utils.PyDataset):
     learning can change them in place between epochs without rebuilding the pipeline.
     """
 
-    def __init__(self, x, y, sample_weights, batch_size: int, seed: int):
+    def __init__(self, x, y, sample_weights, batch_size: int, seed: int, first_epoch: int = 0):
         super().__init__()
         self.x, self.y, self.sample_weights, self.batch_size = x, y, sample_weights, batch_size
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(y))
+        self.seed, self.epoch = seed, first_epoch
+        self.order = self._permutation()
+
+    def _permutation(self):
+        # A function of (seed, epoch), so a resumed job sees the same order as an uninterrupted one.
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.y))
 
     def __len__(self):
         return math.ceil(len(self.y) / self.batch_size)
@@ -45,20 +50,34 @@ class TrainBatches(keras.utils.PyDataset):
         return self.x[idx], self.y[idx], self.sample_weights[idx]
 
     def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.y))
+        self.epoch += 1
+        self.order = self._permutation()
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch metrics to MLflow, named after the split really evaluated.
+    """Per-epoch metrics, named after the split really evaluated, sent to MLflow.
 
     Keras calls the evaluated split `val_*`; when it is the test split we log `test_*`.
     Adds the learning rate and the epoch's wall time (s, training + evaluation).
+    With a checkpoint folder, each epoch's metrics are written there *before* the
+    checkpoint and sent to MLflow *after* it (by `sender()`), so a job killed at any
+    moment and resumed logs every epoch exactly once.
     """
 
-    def __init__(self, tracker, eval_split: str):
+    def __init__(self, tracker, eval_split: str, checkpoint_dir: str | None = None, first_epoch: int = 0):
         super().__init__()
         self.tracker, self.eval_split = tracker, eval_split
-        self.history: dict[str, list[float]] = {}
+        self.record = Path(checkpoint_dir) / "epoch_metrics.json" if checkpoint_dir else None
+        self.epochs: list[dict[str, float]] = []
+        self.sent = 0
+        if first_epoch and self.record and self.record.exists():
+            self.epochs = json.loads(self.record.read_text())[:first_epoch]
+            self.sent = min(len(self.epochs), tracker.logged_epochs())
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        keys = dict.fromkeys(k for epoch in self.epochs for k in epoch)
+        return {k: [epoch[k] for epoch in self.epochs if k in epoch] for k in keys}
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -71,9 +90,30 @@ class EpochLogger(keras.callbacks.Callback):
             metrics[key] = float(value)
         metrics["lr"] = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
         metrics["epoch_time"] = time.perf_counter() - self.started
-        for key, value in metrics.items():
-            self.history.setdefault(key, []).append(value)
-        self.tracker.log_metrics(metrics, step=epoch + 1)
+        self.epochs.append(metrics)
+        if self.record:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.record.with_suffix(".tmp")
+            partial.write_text(json.dumps(self.epochs))
+            partial.replace(self.record)
+
+    def send(self) -> None:
+        while self.sent < len(self.epochs):
+            self.tracker.log_metrics(self.epochs[self.sent], step=self.sent + 1)
+            self.sent += 1
+
+    def sender(self):
+        """The callback that sends recorded epochs; place it after the checkpoint."""
+        logger = self
+
+        class Send(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                logger.send()  # epochs a killed run recorded but never sent
+
+            def on_epoch_end(self, epoch, logs=None):
+                logger.send()
+
+        return Send()
 
 
 class FailOnNonFiniteLoss(keras.callbacks.Callback):
@@ -107,17 +147,52 @@ def progress_verbosity(setting) -> int:
     return int(setting)
 
 
-def run(cfg, tracker, extra_callbacks=()) -> dict[str, float]:
+class Checkpoint(keras.callbacks.BackupAndRestore):
+    """Keras' per-epoch backup (weights, optimizer state, epoch) in the job folder.
+
+    Keeps the previous epoch's copy too, so a kill during a save falls back one epoch.
+    """
+
+    def __init__(self, folder: str):
+        super().__init__(folder, save_freq="epoch", double_checkpoint=True, delete_checkpoint=True)
+
+    @staticmethod
+    def finished_epochs(folder: str | None) -> int:
+        """Epochs a readable checkpoint in `folder` holds (0 if none); an unreadable one is
+        removed with a warning, and the job starts from scratch."""
+        import json
+        import shutil
+        import warnings
+
+        if not folder or not Path(folder).is_dir():
+            return 0
+        try:
+            import h5py
+
+            with h5py.File(Path(folder) / "latest.weights.h5", "r"):
+                pass
+            return int(json.loads((Path(folder) / "training_metadata.json").read_text())["epoch"])
+        except Exception as error:
+            warnings.warn(f"checkpoint in {folder} is unreadable ({error}); starting from scratch", stacklevel=2)
+            shutil.rmtree(folder, ignore_errors=True)
+            return 0
+
+
+def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=()) -> dict[str, float]:
     keras.backend.clear_session()  # free the previous job's graphs in a multirun process
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.trainer.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     try:
-        return _train_and_evaluate(cfg, tracker, list(extra_callbacks))
+        return _train_and_evaluate(cfg, tracker, checkpoint_dir, list(extra_callbacks))
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _train_and_evaluate(cfg, tracker, extra_callbacks) -> dict[str, float]:
+def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks) -> dict[str, float]:
     data = load_dataset(cfg.dataset, cfg.seed)
     tracker.set_tags({"data.n_train": len(data.y_train), "data.n_test": len(data.y_test),
                       "data.n_val": 0 if data.y_val is None else len(data.y_val),
@@ -137,9 +212,11 @@ def _train_and_evaluate(cfg, tracker, extra_callbacks) -> dict[str, float]:
         )
 
     sample_weights = np.ones(len(data.y_train), dtype="float32")
-    batches = TrainBatches(data.x_train, data.y_train, sample_weights, batch_size, seed=cfg.seed)
+    first_epoch = Checkpoint.finished_epochs(checkpoint_dir)
+    batches = TrainBatches(data.x_train, data.y_train, sample_weights, batch_size, seed=cfg.seed,
+                           first_epoch=first_epoch)
     eval_x, eval_y = (data.x_val, data.y_val) if data.eval_split == "val" else (data.x_test, data.y_test)
-    logger = EpochLogger(tracker, data.eval_split)
+    logger = EpochLogger(tracker, data.eval_split, checkpoint_dir, first_epoch)
     callbacks = []
     if cfg.weighting.name != "none":
         from cifar_exp.spl import build_spl_callback
@@ -147,14 +224,23 @@ def _train_and_evaluate(cfg, tracker, extra_callbacks) -> dict[str, float]:
         callbacks.append(build_spl_callback(
             cfg.weighting, x_train=data.x_train, y_train=data.y_train, sample_weights=sample_weights,
             batch_size=batch_size, class_names=data.class_names, tracker=tracker))
-    callbacks += [logger, FailOnNonFiniteLoss(), *extra_callbacks]
+    # The NaN check runs before the checkpoint so a diverged epoch is never saved.
+    callbacks += [logger, FailOnNonFiniteLoss()]
+    if checkpoint_dir:
+        callbacks.append(Checkpoint(checkpoint_dir))
+    callbacks.append(logger.sender())
+    if cfg.get("optuna_trial"):
+        from cifar_exp.pruning import build_trial_callback
+
+        callbacks.append(build_trial_callback(cfg, tracker))
+    callbacks += extra_callbacks
 
     model.fit(batches, epochs=epochs, validation_data=(eval_x, eval_y), validation_batch_size=batch_size,
               callbacks=callbacks, verbose=progress_verbosity(cfg.trainer.verbose))
 
     final = _final_test_metrics(model, data, logger, batch_size)
     if data.eval_split != "test":  # otherwise the last epoch already logged these values
-        tracker.log_metrics(final, step=len(logger.history.get("loss", [])))
+        tracker.log_metrics(final, step=len(logger.epochs))
     _log_artifacts(cfg, tracker, model, data, logger, batch_size)
     # Sweepers may optimise the last validation metrics (already logged per epoch).
     final.update({key: values[-1] for key, values in logger.history.items() if key.startswith("val_")})

@@ -35,6 +35,12 @@ def validate(cfg) -> None:
         raise ConfigError("trainer.strategy", trainer.strategy, ", ".join(STRATEGIES))
     if trainer.verbose not in ("auto", 0, 1, 2):
         raise ConfigError("trainer.verbose", trainer.verbose, "auto, 0, 1 or 2")
+    for key, value in (("trainer.deterministic", trainer.deterministic), ("trainer.checkpoint", trainer.checkpoint),
+                       ("sweep.rerun", cfg.sweep.rerun), ("mlflow.log_model", cfg.mlflow.log_model)):
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "true or false")
+    if cfg.resume is not None and not (isinstance(cfg.resume, str) and cfg.resume):
+        raise ConfigError("resume", cfg.resume, "null or an MLflow run id")
     if not (isinstance(cfg.mlflow.tracking_uri, str) and cfg.mlflow.tracking_uri):
         raise ConfigError("mlflow.tracking_uri", cfg.mlflow.tracking_uri, "a tracking URI such as sqlite:///mlflow.db")
     if not (isinstance(cfg.mlflow.experiment_name, str) and cfg.mlflow.experiment_name):

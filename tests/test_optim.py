@@ -64,3 +64,9 @@ def test_optimizers_are_keras_classes_with_config_fields(name, keras_class, extr
     assert float(optimizer.learning_rate) == pytest.approx(cfg.lr)
     for key, value in extra.items():
         assert getattr(optimizer, key) == pytest.approx(value)
+
+
+def test_onecycle_with_few_epochs_peaks_by_the_seeds_rule():
+    schedule = build("onecycle", 0.4, 1)  # (1 + 1) // 5 = 0: start at the peak, decay to 0
+    assert lr_at(schedule, 1) == pytest.approx(0.4)
+    assert lr_at(schedule, 1, 50) == pytest.approx(0.2)
