@@ -1,0 +1,156 @@
+"""Runs survive interruption, sweeps skip finished work, MLflow outages lose nothing,
+results are reproducible, and secrets never reach logs or the tracking store."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import SMOKE, all_runs, run_cli, tracking_uri
+
+# Long enough epochs (about a second each on 2 CPU cores) to kill the job between them.
+RESUMABLE = [*SMOKE, "dataset.train_size=4096", "trainer.epochs=4", "trainer.deterministic=true",
+             "mlflow.log_model=true"]
+
+
+def _final_weights(client, run):
+    import keras
+
+    path = client.download_artifacts(run.info.run_id, "model.keras")
+    return keras.saving.load_model(path).get_weights()
+
+
+@pytest.mark.slow
+def test_a_killed_job_resumes_its_run_and_ends_as_if_never_interrupted(tmp_path):
+    uri = tracking_uri(tmp_path)
+    reference = run_cli([*RESUMABLE, f"mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path}/reference"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    args = [*RESUMABLE, f"mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path}/killed"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    job = subprocess.Popen([sys.executable, "-m", "cifar_exp", *args], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = tmp_path / "killed" / "checkpoint" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and job.poll() is None:
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.02)
+    assert job.poll() is None, "the job ended before it could be killed"
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+
+    resumed = run_cli(args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming run" in resumed.stdout + resumed.stderr
+
+    client, runs = all_runs(uri)
+    by_folder = {r.data.tags["output_dir"]: r for r in runs}
+    assert len(runs) == 2 and set(by_folder) == {f"{tmp_path}/reference", f"{tmp_path}/killed"}
+    killed = by_folder[f"{tmp_path}/killed"]
+    assert killed.info.status == "FINISHED"
+    for key in ("loss", "test_accuracy", "lr"):
+        assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, key)) == [1, 2, 3, 4]
+    reference_run = by_folder[f"{tmp_path}/reference"]
+    for a, b in zip(_final_weights(client, reference_run), _final_weights(client, killed)):
+        np.testing.assert_array_equal(a, b)
+    loss = lambda run: [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    assert loss(reference_run) == loss(killed)
+
+
+@pytest.mark.slow
+def test_rerunning_a_sweep_skips_finished_jobs_unless_asked(tmp_path):
+    uri = tracking_uri(tmp_path)
+    sweep = [*SMOKE, "trainer.epochs=1", "init=he_normal,zeros", f"mlflow.tracking_uri={uri}"]
+    first = run_cli([*sweep, f"hydra.sweep.dir={tmp_path}/first", "--multirun"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run_cli([*sweep, f"hydra.sweep.dir={tmp_path}/again", "--multirun"], cwd=tmp_path)
+    assert again.returncode == 0 and "Sweep summary: 2 finished" in again.stdout
+    assert "skipping" in again.stdout + again.stderr
+    assert len(all_runs(uri)[1]) == 2
+    forced = run_cli([*sweep, "sweep.rerun=true", f"hydra.sweep.dir={tmp_path}/forced", "--multirun"], cwd=tmp_path)
+    assert forced.returncode == 0
+    assert len(all_runs(uri)[1]) == 4
+
+
+@pytest.mark.slow
+def test_two_deterministic_runs_have_bit_identical_epoch_metrics(tmp_path):
+    uri = tracking_uri(tmp_path)
+    for name in ("a", "b"):
+        result = run_cli([*SMOKE, "trainer.deterministic=true", f"mlflow.tracking_uri={uri}",
+                          f"hydra.run.dir={tmp_path}/{name}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    client, runs = all_runs(uri)
+    histories = [[(m.step, m.value) for m in sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)]
+                 for r in runs for key in ("loss", "accuracy", "test_loss")]
+    assert histories[:3] == histories[3:]
+
+
+@pytest.mark.slow
+def test_secrets_are_masked_everywhere(tmp_path):
+    uri = tracking_uri(tmp_path)
+    result = run_cli([*SMOKE, "trainer.epochs=1", "+notes=postgresql://user:hunter2@db.example/prod",
+                      f"mlflow.tracking_uri={uri}", "optimizer.lr=0.001,0.002", f"hydra.sweep.dir={tmp_path}/sweep",
+                      "--multirun"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hunter2" not in result.stdout + result.stderr
+    for path in (tmp_path / "sweep").rglob("*"):
+        if path.is_file() and path.suffix in (".yaml", ".json", ".log"):
+            assert "hunter2" not in path.read_text(), path
+    client, runs = all_runs(uri)
+    for run in runs:
+        assert run.data.params["notes"] == "postgresql://user:***@db.example/prod"
+        assert "hunter2" not in json.dumps(run.data.tags) + run.info.run_name
+        assert "hunter2" not in open(client.download_artifacts(run.info.run_id, "config.yaml")).read()
+
+
+def test_metrics_survive_a_tracking_outage_and_are_reconciled(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cifar_exp import tracking
+
+    client = MlflowClient(tracking_uri(tmp_path))
+    tracker = tracking.RunTracker.start(client, "outage", "run", {}, str(tmp_path))
+    real_log_batch = client.log_batch
+    client.log_batch = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("server gone"))
+    tracker.log_metrics({"loss": 2.0}, step=1)
+    tracker.log_metrics({"loss": 1.5}, step=2)
+    assert len(tracker.pending) == 2
+    client.log_batch = real_log_batch
+    tracker.log_metrics({"loss": 1.0}, step=3)
+    tracker.finish()
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == [1, 2, 3]
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_metrics_that_never_reach_the_store_are_saved_locally(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cifar_exp import tracking
+
+    client = MlflowClient(tracking_uri(tmp_path))
+    tracker = tracking.RunTracker.start(client, "outage", "run", {}, str(tmp_path))
+    real_log_batch = client.log_batch
+    client.log_batch = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("server gone"))
+    tracker.log_metrics({"loss": 2.0}, step=1)
+    tracker._flush_metrics()
+    tracker._save_pending()
+    client.log_batch = real_log_batch
+    saved = json.loads((tmp_path / "pending_metrics.json").read_text())
+    assert saved[0]["key"] == "loss" and saved[0]["step"] == 1
+
+
+def test_an_unreadable_checkpoint_is_dropped_with_a_warning(tmp_path):
+    from cifar_exp.train import Checkpoint
+
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "latest.weights.h5").write_bytes(b"truncated")
+    (folder / "training_metadata.json").write_text('{"epoch": 2}')
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert Checkpoint.finished_epochs(str(folder)) == 0
+    assert not folder.exists()
