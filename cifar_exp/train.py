@@ -125,11 +125,17 @@ class FailOnNonFiniteLoss(keras.callbacks.Callback):
             raise FloatingPointError(f"training loss became {float(loss)} in epoch {epoch + 1}")
 
 
-def build_classifier(cfg, data: DataSplits):
-    """uint8 images -> preprocessing -> augmentation (training only) -> model -> float32 logits."""
-    core = build_model(cfg.model, data.image_shape, data.num_classes)
-    apply_init(core, cfg.init)
-    apply_l2(core, cfg.model.get("kernel_l2", 0.0), cfg.model.get("bias_l2", 0.0))
+def build_classifier(cfg, data: DataSplits, build_core=None):
+    """uint8 images -> preprocessing -> augmentation (training only) -> model -> float32 logits.
+
+    `build_core(cfg, data)`, when given, returns the initialised model instead (transfer.py's adapters).
+    """
+    if build_core is not None:
+        core = build_core(cfg, data)
+    else:
+        core = build_model(cfg.model, data.image_shape, data.num_classes)
+        apply_init(core, cfg.init)
+        apply_l2(core, cfg.model.get("kernel_l2", 0.0), cfg.model.get("bias_l2", 0.0))
     inputs = keras.Input(data.image_shape, dtype="uint8", name="images")
     x = augment.build_preprocessing(cfg.dataset.preprocess, data.x_train)(inputs)
     augmentation = augment.build_augmentation(cfg.dataset.augment, data.image_shape)
@@ -178,7 +184,7 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
             return 0
 
 
-def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=()) -> dict[str, float]:
+def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), build_core=None) -> dict[str, float]:
     keras.backend.clear_session()  # free the previous job's graphs in a multirun process
     keras.utils.set_random_seed(cfg.seed)
     if cfg.trainer.deterministic and keras.backend.backend() == "tensorflow":
@@ -187,12 +193,12 @@ def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=()) -> 
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     try:
-        return _train_and_evaluate(cfg, tracker, checkpoint_dir, list(extra_callbacks))
+        return _train_and_evaluate(cfg, tracker, checkpoint_dir, list(extra_callbacks), build_core)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks) -> dict[str, float]:
+def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_core=None) -> dict[str, float]:
     data = load_dataset(cfg.dataset, cfg.seed)
     tracker.set_tags({"data.n_train": len(data.y_train), "data.n_test": len(data.y_test),
                       "data.n_val": 0 if data.y_val is None else len(data.y_val),
@@ -202,7 +208,7 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks) -> dict[s
 
     strategy = build_strategy(cfg.trainer.strategy)
     with strategy.scope():
-        model = build_classifier(cfg, data)
+        model = build_classifier(cfg, data, build_core)
         schedule = build_lr_schedule(cfg.lr_schedule, cfg.optimizer.lr, steps_per_epoch, epochs)
         model.compile(
             optimizer=build_optimizer(cfg.optimizer, schedule),
@@ -235,8 +241,10 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks) -> dict[s
         callbacks.append(build_trial_callback(cfg, tracker))
     callbacks += extra_callbacks
 
+    # shuffle=False: TrainBatches shuffles by (seed, epoch); Keras' own shuffle of batch order
+    # draws from Python's global RNG, which a resumed job could not reproduce.
     model.fit(batches, epochs=epochs, validation_data=(eval_x, eval_y), validation_batch_size=batch_size,
-              callbacks=callbacks, verbose=progress_verbosity(cfg.trainer.verbose))
+              callbacks=callbacks, verbose=progress_verbosity(cfg.trainer.verbose), shuffle=False)
 
     final = _final_test_metrics(model, data, logger, batch_size)
     if data.eval_split != "test":  # otherwise the last epoch already logged these values
