@@ -1,26 +1,147 @@
 """Preprocessing and augmentation as Keras layers, so they run inside the compiled step.
 
-Both take the uint8 batch as fed; augmentation is active only in training (Keras'
-random layers are the identity at inference), preprocessing always.
+Both take the uint8 batch as fed (and cast it to float32 themselves); augmentation is active only in
+training, preprocessing always. Only `keras.ops`/`keras.random`, so any Keras backend runs them.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+
+PREPROCESSING = ("scale", "per_image_standardization", "mean_std")
+AUGMENTATIONS = ("none", "flip", "crop_flip", "crop_flip_cutout")
+
+# seed 003's recipe on 32-pixel images: reflect-pad 4 then crop 32, cutout 8x8. Scaled with the
+# image side so STL-10 (96 px) and MNIST (28 px) get the same relative jitter.
+CROP_PAD_PER_SIDE = 1 / 8
+CUTOUT_PER_SIDE = 1 / 4
 
 
 def build_preprocessing(name: str, x_train: np.ndarray):
+    """A layer mapping uint8 pixels to the network's float32 inputs; `mean_std` reads x_train's statistics."""
     import keras
 
+    # float32 even under mixed precision: sums of raw pixel values overflow float16.
     if name == "scale":
-        return keras.layers.Rescaling(1.0 / 255, name="scale")
-    raise ValueError(f"dataset.preprocess={name!r} is not available yet")
+        return keras.layers.Rescaling(1.0 / 255, dtype="float32", name="scale")
+    if name == "per_image_standardization":
+        return _layers().PerImageStandardization(dtype="float32", name="per_image_standardization")
+    if name == "mean_std":
+        mean, std = channel_stats(x_train)
+        return keras.layers.Normalization(mean=mean.tolist(), variance=np.square(std).tolist(),
+                                          dtype="float32", name="mean_std")
+    raise ValueError(f"dataset.preprocess={name!r}: expected one of {', '.join(PREPROCESSING)}")
 
 
 def build_augmentation(name: str, image_shape):
-    import keras
-
+    """A training-only random layer for the named recipe, or None for `none`."""
     if name == "none":
         return None
-    if name == "flip":
-        return keras.layers.RandomFlip("horizontal", name="flip")
-    raise ValueError(f"dataset.augment={name!r} is not available yet")
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"dataset.augment={name!r}: expected one of {', '.join(AUGMENTATIONS)}")
+    side = min(image_shape[:2])
+    crop = "crop" in name
+    return _layers().Augment(
+        pad=max(1, round(side * CROP_PAD_PER_SIDE)) if crop else 0,
+        cutout=max(1, round(side * CUTOUT_PER_SIDE)) if "cutout" in name else 0,
+        flip=True, name=name)
+
+
+def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation in pixel units, without a float copy of all of x
+    (50,000 CIFAR images would take 1.2 GB as float64)."""
+    s = np.zeros(x.shape[-1])
+    ss = np.zeros(x.shape[-1])
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk].reshape(-1, x.shape[-1]).astype(np.float64)
+        s += part.sum(0)
+        ss += np.square(part).sum(0)
+    n = x.size // x.shape[-1]
+    mean = s / n
+    return mean.astype(np.float32), np.sqrt(np.maximum(ss / n - mean ** 2, 1e-12)).astype(np.float32)
+
+
+@functools.cache
+def _layers():
+    """The layer classes, defined on first use so that importing this module does not import Keras."""
+    import keras
+    from keras import ops
+
+    register = keras.saving.register_keras_serializable(package="cifar_exp")
+
+    @register
+    class PerImageStandardization(keras.layers.Layer):
+        """Each image to zero mean, unit variance, as tf.image.per_image_standardization: the
+        standard deviation is floored at 1/sqrt(pixels x channels) so flat images stay finite."""
+
+        def call(self, x):
+            x = ops.cast(x, self.compute_dtype)
+            n = int(np.prod(x.shape[1:]))
+            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+            std = ops.std(x, axis=(1, 2, 3), keepdims=True)
+            return (x - mean) / ops.maximum(std, float(1 / np.sqrt(n)))
+
+    @register
+    class Augment(keras.layers.Layer):
+        """Random crop of a reflect-padded image, horizontal flip, and cutout, per image on the
+        accelerator; the identity (after a cast to float) outside training."""
+
+        def __init__(self, pad=0, flip=True, cutout=0, seed=None, **kwargs):
+            kwargs.setdefault("dtype", "float32")
+            super().__init__(**kwargs)
+            self.pad, self.flip, self.cutout, self.seed = pad, flip, cutout, seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, x, training=None):
+            x = ops.cast(x, self.compute_dtype)
+            if not training:
+                return x
+            if self.pad:
+                x = self._crop(x)
+            if self.flip:
+                coin = keras.random.uniform((ops.shape(x)[0], 1, 1, 1), seed=self.generator) < 0.5
+                x = ops.where(coin, ops.flip(x, axis=2), x)
+            if self.cutout:
+                x = self._cutout(x)
+            return x
+
+        def _crop(self, x):
+            # Gather each image's window from the padded batch flattened to rows of pixels: one
+            # `take`, no Python loop over images, and every backend supports it.
+            b, (h, w, c), p = ops.shape(x)[0], x.shape[1:], self.pad
+            padded = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+            hp, wp = h + 2 * p, w + 2 * p
+            dy = keras.random.randint((b, 1, 1), 0, 2 * p + 1, seed=self.generator)
+            dx = keras.random.randint((b, 1, 1), 0, 2 * p + 1, seed=self.generator)
+            rows = dy + ops.reshape(ops.arange(h), (1, h, 1))
+            cols = dx + ops.reshape(ops.arange(w), (1, 1, w))
+            image = ops.reshape(ops.arange(b), (-1, 1, 1))
+            flat = ops.reshape(padded, (-1, c))
+            return ops.take(flat, (image * hp + rows) * wp + cols, axis=0)
+
+        def _cutout(self, x):
+            # A square centred anywhere in the image (so possibly clipped), filled with the
+            # image's own channel means: gray in raw pixels and ~0 after normalisation alike.
+            b, (h, w, _), s = ops.shape(x)[0], x.shape[1:], self.cutout
+            cy = keras.random.randint((b, 1, 1, 1), 0, h, seed=self.generator)
+            cx = keras.random.randint((b, 1, 1, 1), 0, w, seed=self.generator)
+            top, left = cy - s // 2, cx - s // 2
+            ys = ops.reshape(ops.arange(h), (1, h, 1, 1))
+            xs = ops.reshape(ops.arange(w), (1, 1, w, 1))
+            inside = (ys >= top) & (ys < top + s) & (xs >= left) & (xs < left + s)
+            return ops.where(inside, ops.mean(x, axis=(1, 2), keepdims=True), x)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "pad": self.pad, "flip": self.flip, "cutout": self.cutout,
+                    "seed": self.seed}
+
+    class Namespace:
+        pass
+
+    ns = Namespace()
+    ns.PerImageStandardization, ns.Augment = PerImageStandardization, Augment
+    return ns
