@@ -19,7 +19,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cifar_exp import tracking
+from cifar_exp.distribute import is_chief
 from cifar_exp.errors import ConfigError
+from cifar_exp.readers import SPECS, DataError, locate
 from cifar_exp.validate import validate
 
 log = logging.getLogger(__name__)
@@ -41,14 +43,17 @@ class JobContext:
 
 def run_job(cfg, context: JobContext) -> float:
     tracking.mask_saved_configs(context.output_dir, context.multirun and context.sweep_dir)
+    if not is_chief(cfg.trainer.strategy):  # decided before any MLflow call: only the chief logs
+        return _run_as_worker(cfg, context)
     try:
         validate(cfg)
+        find_data(cfg.dataset)
         client = tracking.connect(cfg.mlflow.tracking_uri)
         digest = config_hash(cfg)
         experiment_id = tracking.experiment_id(client, cfg.mlflow.experiment_name)
         earlier = tracking.runs_with_tag(client, experiment_id, "config_hash", digest)
         resumed = run_to_resume(cfg, context, client, digest, earlier)
-    except ConfigError as error:
+    except (ConfigError, DataError) as error:
         _write_status(context, "FAILED", error)
         if not context.multirun:
             raise
@@ -97,10 +102,41 @@ def run_job(cfg, context: JobContext) -> float:
     return value
 
 
-def run_task(cfg, tracker, checkpoint_dir: str | None) -> dict[str, float]:
-    from cifar_exp import train  # imports Keras: only once a job really runs
+def find_data(cfg_dataset) -> None:
+    """A missing dataset copy is reported before a run is opened (reading waits for training)."""
+    if cfg_dataset.get("source", "path") != "download" and cfg_dataset.name in SPECS:
+        locate(cfg_dataset.name, cfg_dataset.source, cfg_dataset.path)
 
-    return train.run(cfg, tracker, checkpoint_dir=checkpoint_dir)
+
+def run_task(cfg, tracker, checkpoint_dir: str | None) -> dict[str, float]:
+    if cfg.task == "kfold_poly":
+        from cifar_exp import kfold  # numpy only
+
+        return kfold.run(cfg, tracker)
+    if cfg.task == "transfer":
+        from cifar_exp import transfer  # imports Keras
+
+        return transfer.run(cfg, tracker, checkpoint_dir=checkpoint_dir)
+    from cifar_exp import distribute, train  # imports Keras: only once a job really runs
+
+    return train.run(cfg, tracker, checkpoint_dir=checkpoint_dir,
+                     extra_callbacks=distribute.sync_check_callbacks(cfg.trainer.strategy, tracker))
+
+
+def _run_as_worker(cfg, context: JobContext) -> float:
+    """A non-chief worker of a multi-worker job: validates and trains in step with the chief, but opens
+    no MLflow run (the chief's run holds the results) and logs nothing there."""
+    validate(cfg)
+    checkpoint_dir = (str(Path(context.output_dir) / "checkpoint")
+                      if context.output_dir and cfg.trainer.checkpoint else None)
+    try:
+        metrics = run_task(cfg, tracking.NullTracker(), checkpoint_dir)
+    except BaseException as error:
+        _write_status(context, "FAILED", error)
+        raise
+    value = float(metrics[cfg.optimized_metric])
+    _write_status(context, "FINISHED", None, None, value)
+    return value
 
 
 # Keys that do not change what a job computes: a run differing only in them is the same job.

@@ -21,6 +21,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def main(cfg: DictConfig) -> float:
     from cifar_exp.errors import ConfigError
     from cifar_exp.job import JobContext, run_job
+    from cifar_exp.readers import DataError
 
     hydra_cfg = HydraConfig.get()
     context = JobContext(
@@ -33,7 +34,7 @@ def main(cfg: DictConfig) -> float:
     )
     try:
         return run_job(cfg, context)
-    except ConfigError as error:
+    except (ConfigError, DataError) as error:  # bad input: the message, not a traceback
         from cifar_exp.tracking import mask_secrets
 
         print(f"Error: {mask_secrets(error)}", file=sys.stderr)
