@@ -86,6 +86,23 @@ def _quick_http_failure():
                 os.environ[key] = value
 
 
+@contextmanager
+def _sqlite_creation_lock(tracking_uri: str):
+    """Parallel jobs (joblib launcher) opening a new sqlite store at once race to create its
+    tables; MLflow does not guard that, so a file lock beside the database does."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(os.path.abspath(tracking_uri[len("sqlite:///"):]) + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def connect(tracking_uri: str):
     """An MlflowClient that has answered once, or a ConfigError saying why not."""
     from mlflow.tracking import MlflowClient
@@ -95,9 +112,9 @@ def connect(tracking_uri: str):
         if not os.path.isdir(folder):
             raise ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
                               f"a sqlite:/// path in an existing folder ({folder} does not exist)")
-    client = MlflowClient(tracking_uri)
     try:
-        with _quick_http_failure():
+        with _quick_http_failure(), _sqlite_creation_lock(tracking_uri):
+            client = MlflowClient(tracking_uri)
             client.search_experiments(max_results=1)
     except Exception as error:
         raise ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
@@ -221,3 +238,35 @@ class RunTracker:
         path.write_text(json.dumps([{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
                                     for m in self.pending]))
         log.error("%d metric values could not be sent to MLflow; saved to %s", len(self.pending), path)
+
+
+class NullTracker:
+    """RunTracker's stand-in on the non-chief workers of a multi-worker job: only the chief logs."""
+
+    run_id = None
+
+    def set_tags(self, tags: dict) -> None:
+        pass
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def logged_epochs(self) -> int:
+        return 0
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        pass

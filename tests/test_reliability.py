@@ -154,3 +154,18 @@ def test_an_unreadable_checkpoint_is_dropped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         assert Checkpoint.finished_epochs(str(folder)) == 0
     assert not folder.exists()
+
+
+@pytest.mark.slow
+def test_four_parallel_jobs_share_one_new_sqlite_store_without_losses(tmp_path):
+    uri = tracking_uri(tmp_path)
+    result = run_cli([*SMOKE, "init=he_normal,zeros,ones,glorot_uniform", "hydra/launcher=joblib",
+                      "hydra.launcher.n_jobs=4", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep",
+                      "--multirun"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Sweep summary: 4 finished, 0 failed" in result.stdout
+    client, runs = all_runs(uri)
+    assert sorted(r.data.tags["choice.init"] for r in runs) == ["glorot_uniform", "he_normal", "ones", "zeros"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2]
