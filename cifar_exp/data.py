@@ -7,6 +7,7 @@ preprocessing and augmentation happen later, inside the model (augment.py).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,7 +149,8 @@ def check_dataset(cfg) -> None:
     elif fold is not None:
         raise ConfigError("dataset.fold", fold, "null unless dataset.folds is set")
     shape = get("image_shape")
-    if shape is None or len(shape) != 3 or not all(_is_int(s) and s > 0 for s in shape):
+    if not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) != 3 or not all(
+            _is_int(s) and s > 0 for s in shape):
         raise ConfigError("dataset.image_shape", shape, "[height, width, channels] of positive integers")
     if get("name") in SPECS:
         k = len(SPECS[get("name")].classes)

@@ -1,15 +1,19 @@
 """Every check a config must pass before any data is loaded or any model is built."""
 from __future__ import annotations
 
+from omegaconf import OmegaConf
+
 from cifar_exp.data import check_dataset
 from cifar_exp.distribute import STRATEGIES
 from cifar_exp.errors import ConfigError
 from cifar_exp.initializers import check_init
+from cifar_exp.kfold import check_kfold
 from cifar_exp.models import check_model
 from cifar_exp.optim import check_optimizer, check_schedule
+from cifar_exp.transfer import check_transfer
 from cifar_exp.weighting import check_weighting
 
-TASKS = ("classify",)
+TASKS = ("classify", "kfold_poly", "transfer")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 FINAL_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
 
@@ -45,14 +49,23 @@ def validate(cfg) -> None:
         raise ConfigError("mlflow.tracking_uri", cfg.mlflow.tracking_uri, "a tracking URI such as sqlite:///mlflow.db")
     if not (isinstance(cfg.mlflow.experiment_name, str) and cfg.mlflow.experiment_name):
         raise ConfigError("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
-    if cfg.optimized_metric not in FINAL_METRICS:
+    if cfg.task == "kfold_poly":
+        check_kfold(cfg)  # checks optimized_metric against the task's own metrics
+    elif cfg.optimized_metric not in FINAL_METRICS:
         raise ConfigError("optimized_metric", cfg.optimized_metric, ", ".join(FINAL_METRICS))
-    if cfg.optimized_metric.startswith("val_") and not (cfg.dataset.get("val_fraction") or cfg.dataset.get("folds")):
+    elif cfg.optimized_metric.startswith("val_") and not (cfg.dataset.get("val_fraction") or cfg.dataset.get("folds")):
         raise ConfigError("optimized_metric", cfg.optimized_metric,
                           "test_* metrics, or val_* with dataset.val_fraction > 0 or dataset.folds set")
-    check_model(cfg.model)
-    check_init(cfg.init)
-    check_optimizer(cfg.optimizer)
-    check_schedule(cfg.lr_schedule, trainer.epochs)
-    check_dataset(cfg.dataset)
-    check_weighting(cfg.weighting)
+    for group, check in (("model", check_model), ("init", check_init), ("optimizer", check_optimizer),
+                         ("lr_schedule", lambda c: check_schedule(c, trainer.epochs)),
+                         ("dataset", check_dataset), ("weighting", check_weighting)):
+        try:
+            check(cfg[group])
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError) as error:
+            # A value of a type no check foresaw: still a message, never a traceback.
+            raise ConfigError(group, OmegaConf.to_container(cfg[group], resolve=True),
+                              f"values of the right types ({type(error).__name__}: {error})") from None
+    if cfg.task == "transfer":
+        check_transfer(cfg)
