@@ -1,0 +1,98 @@
+"""A job's side of an Optuna trial: report the monitored metric after every epoch, stop
+training when the study's pruner says so, and mark the MLflow run and the trial.
+
+`build_trial_callback(cfg, tracker)` returns None unless the sweeper handed this job a
+trial through `cfg.optuna_trial` (storage, study_name, number, trial_id, monitor).
+"""
+from __future__ import annotations
+
+import math
+
+from cifar_exp.errors import ConfigError
+
+
+def monitor_key(cfg) -> str:
+    """The Keras log key to report each epoch: `optuna_trial.monitor` when set, else
+    val_<base of optimized_metric> (Keras calls the evaluated split `val_`, test or not)."""
+    configured = cfg.optuna_trial.get("monitor")
+    if configured:
+        return str(configured)
+    base = str(cfg.optimized_metric)
+    for prefix in ("test_", "val_"):
+        if base.startswith(prefix):
+            base = base[len(prefix):]
+    return f"val_{base}"
+
+
+class TrialReporter:
+    """Keras-free core of the callback: `epoch_end` reports and answers "stop now?"."""
+
+    def __init__(self, trial, key: str, tracker):
+        self.trial, self.key, self.tracker = trial, key, tracker
+        self.pruned = False
+
+    def epoch_end(self, epoch: int, logs: dict) -> bool:
+        value = _lookup(logs, self.key)
+        if value is None or not math.isfinite(value):
+            return False  # nothing to report; FailOnNonFiniteLoss handles divergence
+        step = epoch + 1  # epochs are 1-based, like the MLflow metric steps
+        self.trial.report(value, step)
+        if not self.trial.should_prune():
+            return False
+        from cifar_exp.sweeper._optuna import PRUNED_ATTR
+
+        self.pruned = True
+        self.trial.set_user_attr(PRUNED_ATTR, step)
+        self.tracker.set_tags({"optuna.pruned": "true", "optuna.pruned_at_epoch": str(step)})
+        return True
+
+
+def _lookup(logs: dict, key: str) -> float | None:
+    """logs[key]; `test_x` also finds Keras' `val_x` (the evaluated split is the test split)."""
+    if key in logs:
+        return float(logs[key])
+    for prefix in ("test_", "val_"):
+        if key.startswith(prefix) and f"val_{key[len(prefix):]}" in logs:
+            return float(logs[f"val_{key[len(prefix):]}"])
+    return None
+
+
+def open_trial(coordinates):
+    """The running Optuna trial named by `cfg.optuna_trial`, with the study's pruner."""
+    import optuna
+
+    from cifar_exp.sweeper import _optuna as oh
+
+    storage = oh.open_storage(oh.job_storage_location(str(coordinates.storage)))
+    try:
+        study = optuna.load_study(study_name=str(coordinates.study_name), storage=storage,
+                                  sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        raise ConfigError("optuna_trial.study_name", coordinates.study_name,
+                          "a study in the storage the sweeper created") from None
+    study.pruner = oh.build_pruner(study.user_attrs.get(oh.PRUNER_ATTR))
+    return optuna.trial.Trial(study, int(coordinates.trial_id))
+
+
+def build_trial_callback(cfg, tracker):
+    """A Keras callback reporting to the job's trial, or None outside an Optuna sweep."""
+    coordinates = cfg.get("optuna_trial")
+    if coordinates is None:
+        return None
+    import keras
+
+    from cifar_exp.sweeper._optuna import MLFLOW_RUN_ATTR
+
+    trial = open_trial(coordinates)
+    tracker.set_tags({"optuna.study": str(coordinates.study_name), "optuna.trial": str(coordinates.number)})
+    trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
+    reporter = TrialReporter(trial, monitor_key(cfg), tracker)
+
+    class OptunaPruning(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if reporter.epoch_end(epoch, logs or {}):
+                self.model.stop_training = True
+
+    callback = OptunaPruning()
+    callback.reporter = reporter
+    return callback

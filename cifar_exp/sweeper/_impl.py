@@ -1,0 +1,281 @@
+"""The sweep loop: ask `n_jobs` trials, hand them to the configured launcher as overrides,
+tell Optuna what came back, until the study holds `n_trials` trials; then write
+`optimization_results.yaml` in the sweep dir.
+
+A rerun resumes: finished trials count towards `n_trials`, and trials a dead sweeper left
+RUNNING are failed and queued again. Jobs report epochs to their trial themselves
+(cifar_exp.pruning); a job that was pruned says so in a trial user attr.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from cifar_exp.errors import ConfigError
+from cifar_exp.tracking import mask_secrets
+
+from . import _optuna as oh
+
+log = logging.getLogger(__name__)
+
+WORKER_ATTR = "cifar_exp.worker"  # trial system attr: host:pid of the sweeper that asked it
+HEARTBEAT_ATTR = "cifar_exp.heartbeat"  # trial system attr: time.time() of its last beat
+RESULTS_FILE = "optimization_results.yaml"
+HOST = socket.gethostname()
+_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def _plain(node) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+class OptunaSweeperImpl(Sweeper):
+    def __init__(self, *, sampler, pruner, direction: str, n_trials: int, n_jobs: int, seed, storage,
+                 study_name, monitor, max_failure_rate: float, heartbeat_s: int, stale_after_s: int,
+                 params) -> None:
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError("hydra.sweeper.direction", direction, "maximize or minimize")
+        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs), ("heartbeat_s", heartbeat_s),
+                           ("stale_after_s", stale_after_s)):
+            if not (isinstance(value, int) and value > 0):
+                raise ConfigError(f"hydra.sweeper.{key}", value, "a positive integer")
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ConfigError("hydra.sweeper.max_failure_rate", max_failure_rate, "a fraction in [0, 1]")
+        self.sampler_spec, self.pruner_spec = _plain(sampler), _plain(pruner)
+        self.direction, self.n_trials, self.n_jobs, self.seed = direction, n_trials, n_jobs, seed
+        self.storage, self.study_name, self.monitor = storage, study_name, monitor
+        self.max_failure_rate, self.heartbeat_s, self.stale_after_s = max_failure_rate, heartbeat_s, stale_after_s
+        self.params = _plain(params) or {}
+        self._in_flight: set[int] = set()
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+        self.sweep_dir = str(config.hydra.sweep.dir)
+
+    # ------------------------------------------------------------------------ the sweep
+
+    def sweep(self, arguments: list[str]) -> None:
+        space = oh.parse_search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        study = self._open_study(space)
+        target = self.n_trials
+        grid = space.grid() if self.sampler_spec["name"] == "grid" else None
+        if grid is not None:
+            target = min(target, math.prod(len(values) for values in grid.values()))
+        launched = failed = 0
+        while True:
+            self._recover_orphans(study)
+            remaining = target - sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
+            if remaining <= 0:
+                break
+            trials = [study.ask() for _ in range(min(self.n_jobs, remaining))]
+            batch = [self._configure(study, trial, space) for trial in trials]
+            try:
+                self.validate_batch_is_legal(batch)
+            except Exception:
+                for trial in trials:  # never ran: must not count towards n_trials
+                    study._storage.set_trial_user_attr(trial._trial_id, oh.NOT_RUN_ATTR, "invalid overrides")
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
+            with _Heartbeat(study._storage, [t._trial_id for t in trials], self.heartbeat_s):
+                self._in_flight = {t._trial_id for t in trials}
+                returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+                self._in_flight = set()
+            for trial, ret in zip(trials, returns):
+                failed += not self._tell(study, trial, ret)
+            launched += len(trials)
+            if failed / launched > self.max_failure_rate:
+                self._write_results(study)
+                raise RuntimeError(f"{failed} of {launched} trials failed, more than "
+                                   f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+        if launched == 0:
+            log.info("Study %r already has its %d trials: nothing to run (raise hydra.sweeper.n_trials "
+                     "to extend it)", study.study_name, target)
+        self._write_results(study)
+
+    def _open_study(self, space: oh.SearchSpace):
+        location = oh.storage_location(self.storage, self.sweep_dir)
+        if oh.is_database_url(location) and not self.study_name:
+            raise ConfigError("hydra.sweeper.study_name", None,
+                              "a name with a database storage, so that reruns and other workers find the study")
+        if mask_secrets(location) != location:
+            os.environ[oh.STORAGE_ENV] = location  # jobs see the URL masked (it is logged)
+        self.location = location
+        study = optuna.create_study(storage=oh.open_storage(location),
+                                    study_name=self.study_name or oh.DEFAULT_STUDY_NAME,
+                                    direction=self.direction, load_if_exists=True,
+                                    pruner=oh.build_pruner(self.pruner_spec))
+        if study.direction.name.lower() != self.direction:
+            raise ConfigError("hydra.sweeper.direction", self.direction,
+                              f"{study.direction.name.lower()}, the direction of the existing study "
+                              f"{study.study_name!r} (or a new study_name)")
+        existing = len(study.get_trials(deepcopy=False))
+        # A resumed study must not replay the random draws of its first run.
+        seed = None if self.seed is None else self.seed + existing
+        spec = {k: v for k, v in self.sampler_spec.items()}
+        study.sampler = oh.build_sampler(spec, seed=seed, grid=space.grid() if spec["name"] == "grid" else None)
+        study.set_user_attr(oh.PRUNER_ATTR, self.pruner_spec)
+        log.info("Optuna study %r in %s: %d trials already, target %d; sampler %s, pruner %s, %s",
+                 study.study_name, mask_secrets(location), existing, self.n_trials, self.sampler_spec["name"],
+                 (self.pruner_spec or {}).get("name", "none"), self.direction)
+        log.info("Search space: %s", space.distributions or "(none: replicates of the fixed config)")
+        return study
+
+    def _configure(self, study, trial, space: oh.SearchSpace) -> list[str]:
+        """Sample the trial's parameters; its overrides, with the trial's coordinates."""
+        for key, dist in space.distributions.items():
+            _suggest(trial, key, dist)
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, f"{HOST}:{os.getpid()}")
+        coordinates = oh.trial_override(self.location, study.study_name, trial.number, trial._trial_id, self.monitor)
+        return space.overrides(trial.params) + [coordinates]
+
+    def _tell(self, study, trial, ret) -> bool:
+        """Tell Optuna how the trial ended; False when it failed."""
+        value, problem = math.nan, None
+        if ret.status != JobStatus.COMPLETED:
+            problem = f"the job raised {mask_secrets(repr(ret._return_value))}"
+        else:
+            try:
+                value = float(ret.return_value)
+            except (TypeError, ValueError):
+                problem = f"the job returned {ret.return_value!r}, not a number"
+            if problem is None and not math.isfinite(value):
+                problem = f"the job returned {value} (a failed or diverged run)"
+        attrs = study._storage.get_trial(trial._trial_id).user_attrs
+        try:
+            if problem is not None:
+                log.warning("Trial %d failed: %s", trial.number, problem)
+                study.tell(trial, state=TrialState.FAIL)
+            elif oh.PRUNED_ATTR in attrs:
+                log.info("Trial %d pruned at epoch %s", trial.number, attrs[oh.PRUNED_ATTR])
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                log.info("Trial %d: %s", trial.number, value)
+                study.tell(trial, value)
+        except RuntimeError as error:
+            # GridSampler calls Study.stop() after the last grid point, which only works
+            # inside Study.optimize; the trial has been told all the same.
+            if "Study.stop" not in str(error):
+                raise
+        return problem is None
+
+    # ------------------------------------------------------------------- resumption
+
+    def _recover_orphans(self, study) -> None:
+        """Fail and re-queue RUNNING trials whose sweeper is gone (a crash or Ctrl-C)."""
+        now = time.time()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = trial.system_attrs.get(WORKER_ATTR)
+            if worker is None or trial._trial_id in self._in_flight:
+                continue  # not asked by this sweeper, or running right now
+            host, _, pid = worker.rpartition(":")
+            beat = trial.system_attrs.get(HEARTBEAT_ATTR, now)
+            gone = host == HOST and (int(pid) == os.getpid() or not _alive(int(pid)))
+            if not (gone or now - beat > self.stale_after_s):
+                continue
+            try:
+                study._storage.set_trial_user_attr(trial._trial_id, oh.ORPHAN_ATTR, True)
+                study.tell(trial.number, state=TrialState.FAIL)
+            except (UpdateFinishedTrialError, RuntimeError, ValueError):
+                continue  # another worker got there first
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            log.warning("Trial %d was left running by %s; failed it and queued its parameters again",
+                        trial.number, worker)
+
+    # ------------------------------------------------------------------------ results
+
+    def _write_results(self, study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+        results: dict[str, Any] = {
+            "name": "optuna", "study_name": study.study_name, "storage": mask_secrets(self.location),
+            "direction": self.direction, "n_trials": {k: v for k, v in counts.items() if v},
+            "best_trial": None, "best_value": None, "best_params": None, "best_mlflow_run_id": None,
+        }
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            best = study.best_trial
+            results.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params),
+                           best_mlflow_run_id=best.user_attrs.get(oh.MLFLOW_RUN_ATTR))
+            log.info("Best trial %d: %s = %s", best.number, best.params, best.value)
+        else:
+            log.warning("Study %r has no completed trial yet", study.study_name)
+        Path(self.sweep_dir).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(results), Path(self.sweep_dir, RESULTS_FILE))
+
+
+def _counts(trial) -> bool:
+    """Whether a trial counts towards n_trials: all but queued ones, orphans and trials
+    whose overrides did not compose."""
+    if trial.state == TrialState.FAIL:
+        return not (trial.user_attrs.get(oh.ORPHAN_ATTR) or trial.user_attrs.get(oh.NOT_RUN_ATTR))
+    return trial.state in _COUNTED
+
+
+def _suggest(trial, key: str, dist) -> None:
+    if isinstance(dist, CategoricalDistribution):
+        trial.suggest_categorical(key, dist.choices)
+    elif isinstance(dist, IntDistribution):
+        trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    elif isinstance(dist, FloatDistribution):
+        trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    else:
+        raise TypeError(f"unsupported distribution {dist!r} for {key}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Heartbeat:
+    """While its trials run, write a timestamp to each every `interval_s` seconds, so that
+    sweepers on other hosts can tell a live study from one whose sweeper crashed."""
+
+    def __init__(self, storage, trial_ids: Sequence[int], interval_s: int):
+        self.storage, self.trial_ids, self.interval_s = storage, list(trial_ids), interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._beat()
+
+    def _beat(self) -> None:
+        for trial_id in self.trial_ids:
+            try:
+                self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+            except UpdateFinishedTrialError:
+                pass
+            except Exception as error:  # a busy database must not end the sweep
+                log.debug("heartbeat of trial %d failed: %s", trial_id, error)

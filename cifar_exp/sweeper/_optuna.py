@@ -1,0 +1,225 @@
+"""Optuna pieces shared by the sweeper (which asks and tells) and a job's pruning callback
+(which reports epochs): storages, samplers, pruners, the search space, and the override
+that hands a job its trial.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from cifar_exp.errors import ConfigError
+from cifar_exp.tracking import mask_secrets
+
+# The full storage URL when the one a job sees had its password masked.
+STORAGE_ENV = "CIFAR_EXP_OPTUNA_STORAGE"
+DEFAULT_STUDY_NAME = "study"
+JOURNAL_FILE = "optuna.journal"
+PRUNER_ATTR = "cifar_exp.pruner"  # study user attr: the pruner spec jobs rebuild
+PRUNED_ATTR = "pruned_at_epoch"  # trial user attr a job sets when it stops early
+MLFLOW_RUN_ATTR = "mlflow_run_id"  # trial user attr: the job's MLflow run
+ORPHAN_ATTR = "orphaned"  # trial user attr: failed because its sweeper died
+NOT_RUN_ATTR = "not_run"  # trial user attr: failed before launch (why)
+
+
+# ---------------------------------------------------------------------------- storage
+
+def is_database_url(storage: str) -> bool:
+    return "://" in storage
+
+
+def storage_location(storage: str | None, sweep_dir: str) -> str:
+    """A database URL as given; otherwise the absolute path of a journal file (null: one in
+    the sweep dir), so jobs that run elsewhere find it."""
+    if storage is None:
+        return str(Path(sweep_dir, JOURNAL_FILE).resolve())
+    storage = str(storage)
+    return storage if is_database_url(storage) else str(Path(storage).expanduser().resolve())
+
+
+def open_storage(location: str):
+    """An Optuna storage for a database URL or a journal file path."""
+    import optuna
+
+    if is_database_url(location):
+        engine_kwargs = {"connect_args": {"timeout": 60}} if location.startswith("sqlite") else None
+        return optuna.storages.RDBStorage(location, engine_kwargs=engine_kwargs)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    Path(location).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(location))
+
+
+def job_storage_location(shown: str) -> str:
+    """The storage a job was handed; a masked password is taken from $CIFAR_EXP_OPTUNA_STORAGE."""
+    if "***" not in shown:
+        return shown
+    full = os.environ.get(STORAGE_ENV)
+    if full and mask_secrets(full) == shown:
+        return full
+    raise ConfigError("optuna_trial.storage", shown,
+                      f"a storage URL whose password is in ${STORAGE_ENV} (the sweeper sets it for its jobs)")
+
+
+# ------------------------------------------------------------------ samplers, pruners
+
+def build_sampler(spec: dict, seed: int | None = None, grid: dict[str, list] | None = None):
+    """An Optuna sampler from a `hydra/sweeper/sampler` option: `name` plus its arguments."""
+    import optuna
+
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name == "grid":
+        if not grid:
+            raise ConfigError("hydra.sweeper.sampler", "grid",
+                              "a search space of choice(...) and range(...) parameters only")
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+               "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
+               "qmc": optuna.samplers.QMCSampler}
+    if name not in classes:
+        raise ConfigError("hydra.sweeper.sampler.name", name, ", ".join(["grid", *classes]))
+    # Optuna imports these only when it first samples, i.e. in the middle of a sweep.
+    needs = {"cmaes": "cmaes", "gp": "torch"}.get(name)
+    if needs and importlib.util.find_spec(needs) is None:
+        raise ConfigError("hydra.sweeper.sampler", name,
+                          f"an installed `{needs}` package (pip install {needs}), or another sampler")
+    return classes[name](seed=seed, **spec)
+
+
+def build_pruner(spec: dict | None):
+    """An Optuna pruner from a `hydra/sweeper/pruner` option; `none` or null: never prune."""
+    import optuna
+
+    spec = dict(spec or {"name": "none"})
+    name = spec.pop("name")
+    classes = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
+               "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+               "hyperband": optuna.pruners.HyperbandPruner, "threshold": optuna.pruners.ThresholdPruner,
+               "none": optuna.pruners.NopPruner}
+    if name not in classes:
+        raise ConfigError("hydra.sweeper.pruner.name", name, ", ".join(classes))
+    return classes[name](**spec)
+
+
+# ----------------------------------------------------------------------- search space
+
+class SearchSpace:
+    """The sweep's overrides split into Optuna distributions and fixed overrides.
+
+    `distributions` maps a config key to its distribution; `prefixes` keeps a `+`/`++` the
+    key was given with; `fixed` are override strings passed unchanged to every trial.
+    """
+
+    def __init__(self, distributions: dict, prefixes: dict[str, str], fixed: list[str]):
+        self.distributions, self.prefixes, self.fixed = distributions, prefixes, fixed
+
+    def overrides(self, params: dict[str, Any]) -> list[str]:
+        """A trial's overrides: its sampled parameters, then the fixed ones."""
+        return [f"{self.prefixes.get(k, '')}{k}={format_value(v)}" for k, v in params.items()] + self.fixed
+
+    def grid(self) -> dict[str, list] | None:
+        """The values of each parameter for GridSampler; None when one is continuous."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        grid = {}
+        for key, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                grid[key] = list(dist.choices)
+            elif isinstance(dist, (IntDistribution, FloatDistribution)) and dist.step is not None and not dist.log:
+                count = int(round((dist.high - dist.low) / dist.step)) + 1
+                grid[key] = [_tidy(dist.low + i * dist.step, dist) for i in range(count)]
+            else:
+                return None
+        return grid
+
+
+def _tidy(value, dist):
+    from optuna.distributions import IntDistribution
+
+    return int(value) if isinstance(dist, IntDistribution) else float(f"{value:.12g}")
+
+
+def parse_search_space(overrides: list[str]) -> SearchSpace:
+    """Parse overrides such as `optimizer.lr=tag(log, interval(1e-4, 1))`. A later override
+    of a key replaces an earlier one (the command line beats hparams_search's `params`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    by_key: dict[str, Any] = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        by_key[override.key_or_group + (f"@{override.package}" if override.package else "")] = override
+    distributions, prefixes, fixed = {}, {}, []
+    for override in by_key.values():
+        if not override.is_sweep_override():
+            fixed.append(override.input_line)
+            continue
+        key = override.get_key_element().lstrip("+")
+        prefixes[key] = override.get_key_element()[: len(override.get_key_element()) - len(key)]
+        distributions[key] = to_distribution(override)
+    return SearchSpace(distributions, prefixes, fixed)
+
+
+def to_distribution(override):
+    """One sweep override as an Optuna distribution.
+
+    interval(a, b) -> float in [a, b]; tag(log, ...) -> log scale; tag(int, ...) -> integers;
+    range(a, b, step) -> a, a+step, ... below b (Hydra's range excludes b);
+    choice(...) and shuffle(...) -> categorical.
+    """
+    from hydra.core.override_parser.types import Transformer
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    key = override.get_key_element()
+    if override.is_interval_sweep():
+        sweep = override.value()
+        unknown = set(sweep.tags) - {"log", "int"}
+        if unknown:
+            raise ConfigError(key, override.input_line, f"interval tags log and int only, not {sorted(unknown)}")
+        log = "log" in sweep.tags
+        if log and sweep.start <= 0:
+            raise ConfigError(key, override.input_line, "a log interval with a positive lower end")
+        if "int" in sweep.tags:
+            return IntDistribution(int(sweep.start), int(sweep.end), log=log)
+        return FloatDistribution(float(sweep.start), float(sweep.end), log=log)
+    values = list(override.sweep_iterator(transformer=Transformer.encode))
+    if override.is_range_sweep() and not override.value().shuffle:
+        sweep = override.value()
+        if not values:
+            raise ConfigError(key, override.input_line, "a range with at least one value")
+        if all(isinstance(v, int) for v in values) and isinstance(sweep.step, int):
+            return IntDistribution(values[0], values[-1], step=sweep.step)
+        return FloatDistribution(float(values[0]), float(f"{values[-1]:.12g}"), step=float(sweep.step))
+    if not values:
+        raise ConfigError(key, override.input_line, "a choice of at least one value")
+    return CategoricalDistribution(values)
+
+
+def format_value(value) -> str:
+    """A sampled value as override text (choices are already override text)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return str(value)
+
+
+# ------------------------------------------------------------------- trial coordinates
+
+def quote(text: str) -> str:
+    """`text` as a single-quoted value of Hydra's override grammar (a quote or a trailing
+    backslash escaped, `${` kept literal)."""
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(text))
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("${", "\\${") + "'"
+
+
+def trial_override(storage: str, study_name: str, number: int, trial_id: int, monitor: str | None) -> str:
+    """The override that tells a job which trial it is: `++optuna_trial={...}`. The storage
+    is shown masked; the job reads a masked password from $CIFAR_EXP_OPTUNA_STORAGE."""
+    fields = {"storage": quote(mask_secrets(storage)), "study_name": quote(study_name),
+              "number": str(number), "trial_id": str(trial_id),
+              "monitor": "null" if monitor is None else quote(monitor)}
+    return "++optuna_trial={" + ",".join(f"{k}:{v}" for k, v in fields.items()) + "}"

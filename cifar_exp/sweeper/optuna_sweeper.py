@@ -1,0 +1,31 @@
+"""The Hydra Sweeper class Hydra finds by scanning `hydra_plugins`; its work is in `_impl`,
+imported only when Hydra instantiates the sweeper for a multirun."""
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class OptunaSweeper(Sweeper):
+    """Each batch: ask Optuna for `n_jobs` trials, launch them, tell their outcomes."""
+
+    def __init__(self, sampler: Any, pruner: Any, direction: str, n_trials: int, n_jobs: int,
+                 seed: Optional[int], storage: Optional[str], study_name: Optional[str],
+                 monitor: Optional[str], max_failure_rate: float, heartbeat_s: int, stale_after_s: int,
+                 params: Optional[DictConfig]) -> None:
+        from ._impl import OptunaSweeperImpl
+
+        self.sweeper = OptunaSweeperImpl(
+            sampler=sampler, pruner=pruner, direction=direction, n_trials=n_trials, n_jobs=n_jobs,
+            seed=seed, storage=storage, study_name=study_name, monitor=monitor,
+            max_failure_rate=max_failure_rate, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s,
+            params=params)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> None:
+        return self.sweeper.sweep(arguments)

@@ -1,0 +1,345 @@
+"""The Optuna sweeper plugin: search-space parsing, samplers, pruners, the hand-off of a
+trial to a job, resumption; then (slow) real sweeps on synthetic data, read back from the
+study and optimization_results.yaml."""
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from cifar_exp import pruning
+from cifar_exp.errors import ConfigError
+from cifar_exp.sweeper import _optuna as oh
+from conftest import CONF, SMOKE, all_runs, run_cli, tracking_uri
+
+# --------------------------------------------------------------------- search space
+
+
+def test_search_space_reads_hydra_sweep_grammar():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = oh.parse_search_space([
+        "optimizer.lr=tag(log, interval(1e-4, 1.0))", "weighting.age=interval(0.5, 5.0)",
+        "trainer.batch_size=range(64, 257, 64)", "model=choice(lenet, simple_cnn)",
+        "+extra=tag(int, interval(1, 8))", "dataset=synthetic", "seed=choice(0, 1)", "seed=3",
+    ])
+    d = space.distributions
+    assert d["optimizer.lr"] == FloatDistribution(1e-4, 1.0, log=True)
+    assert d["weighting.age"] == FloatDistribution(0.5, 5.0)
+    assert d["trainer.batch_size"] == IntDistribution(64, 256, step=64)  # range() excludes its stop
+    assert d["model"] == CategoricalDistribution(["lenet", "simple_cnn"])
+    assert d["extra"] == IntDistribution(1, 8)
+    assert "seed" not in d  # the later, fixed override wins (the command line beats `params`)
+    assert space.fixed == ["dataset=synthetic", "seed=3"]
+    overrides = space.overrides({"optimizer.lr": 0.00123, "weighting.age": 2.5, "trainer.batch_size": 128,
+                                 "model": "lenet", "extra": 4})
+    assert overrides == ["optimizer.lr=0.00123", "weighting.age=2.5", "trainer.batch_size=128", "model=lenet",
+                         "+extra=4", "dataset=synthetic", "seed=3"]
+
+
+def test_grid_lists_discrete_parameters_only():
+    space = oh.parse_search_space(["model=choice(lenet, simple_cnn)", "trainer.epochs=range(1, 4)",
+                                   "optimizer.lr=range(0.1, 0.35, 0.1)"])
+    assert space.grid() == {"model": ["lenet", "simple_cnn"], "trainer.epochs": [1, 2, 3],
+                            "optimizer.lr": [0.1, 0.2, 0.3]}
+    continuous = oh.parse_search_space(["optimizer.lr=interval(0.1, 1)"])
+    assert continuous.grid() is None
+    with pytest.raises(ConfigError, match="choice"):
+        oh.build_sampler({"name": "grid"}, grid=continuous.grid())
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("x=tag(log, interval(0, 1))", "positive lower end"),
+    ("x=tag(exp, interval(1, 2))", "log and int only"),
+])
+def test_search_space_errors_name_the_key(bad, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        oh.parse_search_space([bad])
+    assert error.value.key == "x"
+
+
+# --------------------------------------------------------------- samplers and pruners
+
+
+@pytest.mark.parametrize("name, cls", [("tpe", "TPESampler"), ("random", "RandomSampler"),
+                                       ("qmc", "QMCSampler"), ("grid", "GridSampler")])
+def test_samplers_are_built_by_name_with_their_arguments(name, cls):
+    from cifar_exp.sweeper import config
+
+    spec = OmegaConf.to_container(OmegaConf.structured(config._SAMPLERS[name]))
+    sampler = oh.build_sampler(spec, seed=3, grid={"model": ["lenet", "simple_cnn"]})
+    assert type(sampler).__name__ == cls
+
+
+@pytest.mark.parametrize("name, package", [("cmaes", "cmaes"), ("gp", "torch")])
+def test_samplers_with_optional_dependencies_say_what_to_install(name, package):
+    from cifar_exp.sweeper import config
+
+    spec = OmegaConf.to_container(OmegaConf.structured(config._SAMPLERS[name]))
+    try:
+        __import__(package)
+    except ImportError:
+        with pytest.raises(ConfigError, match=f"pip install {package}"):
+            oh.build_sampler(spec, seed=0)
+    else:
+        assert oh.build_sampler(spec, seed=0) is not None
+
+
+@pytest.mark.parametrize("name, cls", [("median", "MedianPruner"), ("percentile", "PercentilePruner"),
+                                       ("successive_halving", "SuccessiveHalvingPruner"),
+                                       ("hyperband", "HyperbandPruner"), ("none", "NopPruner")])
+def test_pruners_are_built_by_name_with_their_arguments(name, cls):
+    from cifar_exp.sweeper import config
+
+    spec = OmegaConf.to_container(OmegaConf.structured(config._PRUNERS[name]))
+    assert type(oh.build_pruner(spec)).__name__ == cls
+    assert type(oh.build_pruner({"name": "threshold", "lower": 0.2})).__name__ == "ThresholdPruner"
+    with pytest.raises(ConfigError, match="median"):
+        oh.build_pruner({"name": "medain"})
+
+
+# ------------------------------------------------------------------ trial hand-off
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40))
+def test_quoted_values_survive_hydra_override_parsing(text):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    override = OverridesParser.create().parse_overrides([f"k={{s:{oh.quote(text)},n:1}}"])[0]
+    assert OmegaConf.create({"k": override.value()}).k.s == text
+
+
+def test_a_job_sees_the_storage_password_masked_and_recovers_it(monkeypatch):
+    url = "postgresql://me:s3cret@db.example/optuna"
+    override = oh.trial_override(url, "lr", 3, 7, None)
+    assert "s3cret" not in override and "me:***@" in override
+    monkeypatch.setenv(oh.STORAGE_ENV, url)
+    assert oh.job_storage_location("postgresql://me:***@db.example/optuna") == url
+    monkeypatch.setenv(oh.STORAGE_ENV, "postgresql://me:other@elsewhere/optuna")
+    with pytest.raises(ConfigError, match=oh.STORAGE_ENV):
+        oh.job_storage_location("postgresql://me:***@db.example/optuna")
+
+
+def test_the_default_storage_is_a_journal_file_in_the_sweep_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert oh.storage_location(None, "multirun/x") == str(tmp_path / "multirun/x" / "optuna.journal")
+    assert oh.storage_location("studies/a.journal", "multirun/x") == str(tmp_path / "studies/a.journal")
+    assert oh.storage_location("sqlite:///a.db", "multirun/x") == "sqlite:///a.db"
+
+
+def _study(tmp_path, pruner=None):
+    import optuna
+
+    location = str(tmp_path / "optuna.journal")
+    study = optuna.create_study(storage=oh.open_storage(location), study_name="s", direction="maximize")
+    study.set_user_attr(oh.PRUNER_ATTR, pruner)
+    return study, location
+
+
+def test_monitor_key_follows_the_optimized_metric():
+    cfg = OmegaConf.create({"optimized_metric": "test_accuracy", "optuna_trial": {"monitor": None}})
+    assert pruning.monitor_key(cfg) == "val_accuracy"  # Keras' name for the evaluated split
+    cfg.optimized_metric = "val_loss"
+    assert pruning.monitor_key(cfg) == "val_loss"
+    cfg.optuna_trial.monitor = "accuracy"
+    assert pruning.monitor_key(cfg) == "accuracy"
+
+
+def test_no_trial_no_callback(fake_tracker):
+    assert pruning.build_trial_callback(OmegaConf.create({"optuna_trial": None}), fake_tracker) is None
+
+
+def test_a_job_reports_epochs_and_is_pruned_when_worse_than_the_median(tmp_path, fake_tracker):
+    study, location = _study(tmp_path, {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
+    good = study.ask()
+    for step, value in enumerate([0.3, 0.5, 0.7], start=1):
+        good.report(value, step)
+    study.tell(good, 0.7)
+
+    def job(epochs):
+        asked = study.ask()
+        coordinates = OmegaConf.create({"storage": location, "study_name": "s", "number": asked.number,
+                                        "trial_id": asked._trial_id, "monitor": None})
+        reporter = pruning.TrialReporter(pruning.open_trial(coordinates), "val_accuracy", fake_tracker)
+        stops = [reporter.epoch_end(epoch, {"val_accuracy": value}) for epoch, value in enumerate(epochs)]
+        return asked, stops
+
+    fine, stops = job([0.35, 0.6, 0.8])
+    assert stops == [False, False, False]
+    bad, stops = job([0.1])
+    assert stops == [True]
+    frozen = study._storage.get_trial(bad._trial_id)
+    assert frozen.intermediate_values == {1: 0.1}
+    assert frozen.user_attrs[oh.PRUNED_ATTR] == 1
+    assert fake_tracker.tags == {"optuna.pruned": "true", "optuna.pruned_at_epoch": "1"}
+
+
+def _sweeper(**overrides):
+    from cifar_exp.sweeper._impl import OptunaSweeperImpl
+
+    args = dict(sampler={"name": "random"}, pruner={"name": "none"}, direction="maximize", n_trials=4,
+                n_jobs=1, seed=0, storage=None, study_name=None, monitor=None, max_failure_rate=1.0,
+                heartbeat_s=60, stale_after_s=600, params=None)
+    args.update(overrides)
+    return OptunaSweeperImpl(**args)
+
+
+def test_trials_left_running_by_a_dead_sweeper_are_failed_and_queued_again(tmp_path):
+    import time
+
+    from optuna.trial import TrialState
+
+    from cifar_exp.sweeper import _impl
+
+    study, _ = _study(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def running(worker, beat):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        study._storage.set_trial_system_attr(trial._trial_id, _impl.WORKER_ATTR, worker)
+        study._storage.set_trial_system_attr(trial._trial_id, _impl.HEARTBEAT_ATTR, beat)
+        return trial
+
+    orphan = running(f"{_impl.HOST}:{dead.pid}", time.time())
+    elsewhere_alive = running("other-host:1", time.time())
+    elsewhere_stale = running("other-host:2", time.time() - 3600)
+    _sweeper()._recover_orphans(study)
+
+    trials = study.get_trials()
+    assert [t.state for t in trials[:3]] == [TrialState.FAIL, TrialState.RUNNING, TrialState.FAIL]
+    retries = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs["retry_of"] for t in retries) == [orphan.number, elsewhere_stale.number]
+    # The retry is asked with the orphan's parameters.
+    retry = next(t for t in retries if t.user_attrs["retry_of"] == orphan.number)
+    asked = study.ask()
+    assert asked.number == retry.number and asked.suggest_float("x", 0, 1) == orphan.params["x"]
+    study.tell(asked, state=TrialState.FAIL)
+    trials = study.get_trials()
+    # Orphans do not count towards n_trials; the live trial elsewhere does.
+    assert [_impl._counts(t) for t in trials] == [False, True, False, True, False]
+    assert elsewhere_alive.number == 1
+
+
+def test_config_errors_come_before_any_trial():
+    with pytest.raises(ConfigError, match="maximize or minimize"):
+        _sweeper(direction="max")
+    with pytest.raises(ConfigError, match="n_trials"):
+        _sweeper(n_trials=0)
+
+
+# ----------------------------------------------------------------------- config
+
+
+def _compose_with_hydra(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("search, keys", [
+    ("lr_optuna", {"optimizer.lr", "model.kernel_l2"}),
+    ("spl_optuna", {"weighting.age", "weighting.mu", "weighting.gamma", "weighting.age_quantile"}),
+])
+def test_hparams_search_files_choose_this_sweeper_and_a_search_space(search, keys):
+    cfg = _compose_with_hydra([f"hparams_search={search}"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert (sweeper.sampler.name, sweeper.pruner.name, sweeper.direction) == ("tpe", "median", "maximize")
+    assert set(sweeper.params) == keys and sweeper.study_name == search
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.optimized_metric == "val_accuracy"
+    assert cfg.dataset.val_fraction > 0  # tuned on a validation split, not on test
+    space = oh.parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert space.distributions  # the grammar parses
+
+
+def test_comparison_presets_set_their_own_sweep():
+    cfg = _compose_with_hydra(["experiment=init_comparison"])
+    assert (cfg.model.name, cfg.optimizer.name, cfg.init.bias, cfg.trainer.epochs) == ("alexnet", "adam", "same", 5)
+    assert (cfg.trainer.batch_size, cfg.dataset.preprocess, cfg.dataset.augment) == (32, "scale", "none")
+    params = cfg.hydra.sweeper.params
+    assert len(params.init.split(",")) == 11 and params.seed == "0,1,2"
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+
+    lrs = {name: _compose_with_hydra(["experiment=optimizer_comparison", f"optimizer={name}"]).optimizer.lr
+           for name in ("rmsprop", "adagrad", "adam", "sgd", "nesterov")}
+    assert lrs == {"rmsprop": 0.001, "adagrad": 0.001, "adam": 0.001, "sgd": 0.01, "nesterov": 0.01}
+
+    allcnn = _compose_with_hydra(["experiment=allcnn"])
+    assert (allcnn.model.name, allcnn.optimizer.name, allcnn.lr_schedule.name, allcnn.trainer.epochs) == (
+        "allcnn_c", "momentum", "piecewise", 150)
+    resnet9 = _compose_with_hydra(["experiment=resnet9"])
+    assert (resnet9.model.name, resnet9.init.name, resnet9.trainer.epochs, resnet9.trainer.batch_size) == (
+        "resnet9", "torch_uniform", 24, 512)
+
+
+# ------------------------------------------------------------------ real sweeps (slow)
+
+FAST_TRIALS = [*SMOKE, "trainer.epochs=1", "hydra.sweeper.seed=0"]
+
+
+def _study_in(sweep_dir, name):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=oh.open_storage(str(sweep_dir / oh.JOURNAL_FILE)))
+
+
+@pytest.mark.slow
+def test_a_study_grows_to_n_trials_and_a_rerun_resumes_it(tmp_path):
+    from optuna.trial import TrialState
+
+    sweep = tmp_path / "sweep"
+    args = ["hparams_search=lr_optuna", *FAST_TRIALS, f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
+            f"hydra.sweep.dir={sweep}"]
+
+    first = run_cli([*args, "hydra.sweeper.n_trials=3"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    study = _study_in(sweep, "lr_optuna")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.best_value == max(t.value for t in study.trials)
+    assert set(results.best_params) == {"optimizer.lr", "model.kernel_l2"}
+    _, runs = all_runs(tracking_uri(tmp_path))
+    assert sorted(r.data.tags["optuna.trial"] for r in runs) == ["0", "1", "2"]
+    assert {r.data.tags["optuna.study"] for r in runs} == {"lr_optuna"}
+    assert results.best_mlflow_run_id in {r.info.run_id for r in runs}
+
+    second = run_cli([*args, "hydra.sweeper.n_trials=6"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len(_study_in(sweep, "lr_optuna").trials) == 6
+    assert (sweep / "trial_5").is_dir()
+
+    third = run_cli([*args, "hydra.sweeper.n_trials=6"], cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "nothing to run" in third.stdout + third.stderr
+    assert len(_study_in(sweep, "lr_optuna").trials) == 6
+    _, runs = all_runs(tracking_uri(tmp_path))
+    assert len(runs) == 6
+
+
+@pytest.mark.slow
+def test_the_median_pruner_stops_a_trial_built_to_be_bad(tmp_path):
+    from optuna.trial import TrialState
+
+    sweep = tmp_path / "sweep"
+    args = ["--multirun", "hydra/sweeper=cifar_exp_optuna", *SMOKE, "trainer.epochs=3",
+            f"mlflow.tracking_uri={tracking_uri(tmp_path)}", f"hydra.sweep.dir={sweep}",
+            "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=2"]
+    good = run_cli([*args, "init=he_uniform", "hydra.sweeper.n_trials=1"], cwd=tmp_path)
+    assert good.returncode == 0, good.stderr[-3000:]
+    bad = run_cli([*args, "init=zeros", "hydra.sweeper.n_trials=2"], cwd=tmp_path)  # chance accuracy
+    assert bad.returncode == 0, bad.stderr[-3000:]
+
+    trials = _study_in(sweep, oh.DEFAULT_STUDY_NAME).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED], bad.stdout[-3000:]
+    assert trials[1].user_attrs[oh.PRUNED_ATTR] == 2 and sorted(trials[1].intermediate_values) == [1, 2]
+    client, runs = all_runs(tracking_uri(tmp_path))
+    pruned = next(r for r in runs if r.data.tags["optuna.trial"] == "1")
+    assert pruned.data.tags["optuna.pruned"] == "true"
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "loss")] == [1, 2]  # not 3 epochs
+    assert OmegaConf.load(sweep / "optimization_results.yaml").n_trials == {"complete": 1, "pruned": 1}
