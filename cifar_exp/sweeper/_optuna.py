@@ -213,7 +213,9 @@ def quote(text: str) -> str:
     backslash escaped, `${` kept literal)."""
     text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(text))
     text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("${", "\\${") + "'"
+    # OmegaConf reads `\${` as a literal `${` and `\\${` as a backslash then an interpolation,
+    # so backslashes right before `${` are doubled too.
+    return "'" + re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text) + "'"
 
 
 def trial_override(storage: str, study_name: str, number: int, trial_id: int, monitor: str | None) -> str:
