@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -166,10 +168,6 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
     def finished_epochs(folder: str | None) -> int:
         """Epochs a readable checkpoint in `folder` holds (0 if none); an unreadable one is
         removed with a warning, and the job starts from scratch."""
-        import json
-        import shutil
-        import warnings
-
         if not folder or not Path(folder).is_dir():
             return 0
         try:

@@ -1,5 +1,6 @@
 """Every option of every config group composes and passes validation, without TensorFlow."""
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -45,3 +46,10 @@ def test_help_lists_groups_without_tensorflow(tmp_path):
     assert "model: alexnet, allcnn_c, lenet, resnet50, resnet9, simple_cnn" in result.stdout
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "tensorflow" not in imported and "keras" not in imported
+
+
+def test_console_script_works_from_any_directory(tmp_path):
+    script = Path(sys.executable).parent / "cifar-exp"
+    result = subprocess.run([str(script), "model=lenet", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "name: lenet" in result.stdout
