@@ -47,7 +47,10 @@ def run_job(cfg, context: JobContext) -> float:
         return _run_as_worker(cfg, context)
     try:
         validate(cfg)
-        find_data(cfg.dataset)
+        if cfg.task != "kfold_poly":  # kfold_poly generates its data
+            find_data(cfg.dataset)
+        if cfg.task == "transfer" and cfg.transfer.pretrained:
+            find_data(cfg.transfer.pretrain.dataset)
         client = tracking.connect(cfg.mlflow.tracking_uri)
         digest = config_hash(cfg)
         experiment_id = tracking.experiment_id(client, cfg.mlflow.experiment_name)

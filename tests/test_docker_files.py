@@ -1,0 +1,117 @@
+"""What can be checked of the Docker set-up without a Docker engine: the Dockerfile's base tag is the
+pinned TensorFlow, it installs as the README does and runs as a non-root user with the CLI as
+entrypoint; the compose file parses, names the services the README describes, keeps secrets out."""
+import json
+import re
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    return [(parts[0].upper(), parts[1].strip() if len(parts) > 1 else "")
+            for parts in (entry.strip().split(None, 1) for entry in logical)]
+
+
+def readme_section(title_word: str) -> str:
+    """The README section whose `## ` heading contains title_word (case-insensitive)."""
+    sections = re.split(r"^## ", (ROOT / "README.md").read_text(), flags=re.M)
+    found = [s for s in sections[1:] if title_word.lower() in s.splitlines()[0].lower()]
+    assert found, f"README.md has no '## ...{title_word}...' section"
+    return found[0]
+
+
+def readme_install_command() -> str:
+    """The pip command of the README's set-up block (its first fenced block), up to any `&&`."""
+    block = re.search(r"```\w*\n(.*?)```", readme_section("set-up"), flags=re.S).group(1)
+    line = next(line for line in block.splitlines() if "pip install" in line)
+    return line.split("&&")[0].strip()
+
+
+def pinned_tensorflow() -> str:
+    """The version in pyproject.toml's `"tensorflow==X"` dependency (regex: tomllib needs Python 3.11)."""
+    pins = re.findall(r'"tensorflow\s*==\s*([^"\s;]+)"', (ROOT / "pyproject.toml").read_text())
+    assert len(pins) == 1, pins
+    return pins[0]
+
+
+@pytest.fixture(scope="module")
+def instructions():
+    return dockerfile_instructions((ROOT / "Dockerfile").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_the_base_image_is_tensorflows_gpu_image_of_the_pinned_version(instructions):
+    bases = [args for name, args in instructions if name == "FROM"]
+    assert bases == [f"tensorflow/tensorflow:{pinned_tensorflow()}-gpu"]
+
+
+def test_the_package_is_installed_with_the_readmes_command(instructions):
+    runs = [args for name, args in instructions if name == "RUN" and "pip install" in args]
+    assert len(runs) == 1
+    assert " ".join(runs[0].split()) == " ".join(readme_install_command().split())
+    copied = " ".join(args for name, args in instructions if name == "COPY")
+    for needed in ("pyproject.toml", "README.md", "cifar_exp", "hydra_plugins", "conf"):
+        assert needed in copied, needed
+
+
+def test_it_runs_as_a_non_root_user_with_the_cli_as_entrypoint(instructions):
+    users = [args for name, args in instructions if name == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert any(name == "RUN" and "useradd" in args and users[-1] in args for name, args in instructions)
+    entrypoints = [args for name, args in instructions if name == "ENTRYPOINT"]
+    assert [json.loads(e) for e in entrypoints] == [["python", "-m", "cifar_exp"]]
+    assert ("WORKDIR", "/runs") in instructions  # mlflow.db and outputs/ land on the mounted volume
+
+
+def test_the_build_context_leaves_out_local_state():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "mlflow.db", "mlruns", "outputs", "multirun", "data", ".env"} <= ignored
+
+
+def test_compose_names_the_services_the_readme_describes(compose):
+    assert set(compose["services"]) == {"postgres", "mlflow", "train"}
+    section = readme_section("compose")
+    for service in compose["services"]:
+        assert f"`{service}`" in section, service
+
+
+def test_the_tracking_server_stores_runs_in_postgres_with_secrets_from_the_environment(compose):
+    services = compose["services"]
+    mlflow_env = services["mlflow"]["environment"]
+    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert "@postgres:5432/" in mlflow_env["MLFLOW_BACKEND_STORE_URI"]
+    assert "--artifacts-destination" in services["mlflow"]["command"]
+    assert any(v.endswith(":/mlartifacts") for v in services["mlflow"]["volumes"])
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in key:
+                assert str(value).startswith("${"), f"{name}.{key} is hard-coded"
+    assert "${POSTGRES_PASSWORD" in mlflow_env["MLFLOW_BACKEND_STORE_URI"]
+    assert not re.search(r"postgresql://[^$]*:[^$@]+@", mlflow_env["MLFLOW_BACKEND_STORE_URI"])
+    assert "POSTGRES_PASSWORD" not in " ".join(services["mlflow"]["command"])
+
+
+def test_the_training_container_logs_to_the_teams_server(compose):
+    train = compose["services"]["train"]
+    assert train["entrypoint"][:3] == ["python", "-m", "cifar_exp"]
+    assert "mlflow.tracking_uri=http://mlflow:5000" in train["entrypoint"]
+    assert "mlflow" in train["depends_on"]
+    allowed = compose["services"]["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"]
+    assert "mlflow:5000" in allowed  # the Host header the training container sends
