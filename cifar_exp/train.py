@@ -25,6 +25,7 @@ from cifar_exp.distribute import build_strategy
 from cifar_exp.initializers import apply_init, apply_l2
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_lr_schedule, build_optimizer
+from cifar_exp.spl import build_spl_callback
 
 
 class TrainBatches(keras.utils.PyDataset):
@@ -204,30 +205,28 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
     epochs, batch_size = cfg.trainer.epochs, cfg.trainer.batch_size
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
 
+    # Self-paced learning rewrites these per-sample weights before each epoch (None: plain training).
+    sample_weights = np.ones(len(data.y_train), dtype="float32")
+    spl = build_spl_callback(cfg.weighting, x_train=data.x_train, y_train=data.y_train,
+                             sample_weights=sample_weights, batch_size=batch_size, class_names=data.class_names,
+                             tracker=tracker, noisy_mask=data.info.get("noisy_mask"))
+
     strategy = build_strategy(cfg.trainer.strategy)
     with strategy.scope():
         model = build_classifier(cfg, data, build_core)
         schedule = build_lr_schedule(cfg.lr_schedule, cfg.optimizer.lr, steps_per_epoch, epochs)
-        model.compile(
-            optimizer=build_optimizer(cfg.optimizer, schedule),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            jit_compile=cfg.trainer.jit_compile,
-        )
+        loss, metrics = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
+        if spl is not None:  # train_pass: targets carry sample indices so losses are recorded by index
+            loss, metrics = spl.adapt_compile(loss, metrics)
+        model.compile(optimizer=build_optimizer(cfg.optimizer, schedule), loss=loss, metrics=metrics,
+                      jit_compile=cfg.trainer.jit_compile)
 
-    sample_weights = np.ones(len(data.y_train), dtype="float32")
     first_epoch = Checkpoint.finished_epochs(checkpoint_dir)
-    batches = TrainBatches(data.x_train, data.y_train, sample_weights, batch_size, seed=cfg.seed,
-                           first_epoch=first_epoch)
+    targets = data.y_train if spl is None else spl.targets
+    batches = TrainBatches(data.x_train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch)
     eval_x, eval_y = (data.x_val, data.y_val) if data.eval_split == "val" else (data.x_test, data.y_test)
     logger = EpochLogger(tracker, data.eval_split, checkpoint_dir, first_epoch)
-    callbacks = []
-    if cfg.weighting.name != "none":
-        from cifar_exp.spl import build_spl_callback
-
-        callbacks.append(build_spl_callback(
-            cfg.weighting, x_train=data.x_train, y_train=data.y_train, sample_weights=sample_weights,
-            batch_size=batch_size, class_names=data.class_names, tracker=tracker))
+    callbacks = [] if spl is None else [spl]
     # The NaN check runs before the checkpoint so a diverged epoch is never saved.
     callbacks += [logger, FailOnNonFiniteLoss()]
     if checkpoint_dir:

@@ -58,7 +58,7 @@ def validate(cfg) -> None:
                           "test_* metrics, or val_* with dataset.val_fraction > 0 or dataset.folds set")
     for group, check in (("model", check_model), ("init", check_init), ("optimizer", check_optimizer),
                          ("lr_schedule", lambda c: check_schedule(c, trainer.epochs)),
-                         ("dataset", check_dataset), ("weighting", check_weighting)):
+                         ("dataset", check_dataset), ("weighting", lambda c: check_weighting(c, trainer.epochs))):
         try:
             check(cfg[group])
         except ConfigError:
