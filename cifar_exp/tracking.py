@@ -131,8 +131,15 @@ def experiment_id(client, name: str) -> str:
     experiment = _retry(lambda: client.get_experiment_by_name(name))
     if experiment is not None:
         return experiment.experiment_id
+    # MLflow puts a sqlite store's artifacts in ./mlruns of whatever folder the process runs
+    # in; keep them beside the database instead (the same place for the default store).
+    location = None
+    if client.tracking_uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        location = (Path(client.tracking_uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
     try:
-        return _retry(lambda: client.create_experiment(name))
+        return _retry(lambda: client.create_experiment(name, artifact_location=location))
     except MlflowException:  # a parallel job created it first
         return client.get_experiment_by_name(name).experiment_id
 

@@ -67,7 +67,7 @@ def store(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    experiment = client.create_experiment("cifar_exp")
+    experiment = client.create_experiment("cifar_exp", artifact_location=(tmp_path / "mlruns").as_uri())
 
     def add(init, seed, value, status="FINISHED", sweep="s1", extra_tags=None):
         tags = {"sweep_id": sweep, "sweep_dir": str(tmp_path / "sweep"), "choice.init": init,
