@@ -87,9 +87,10 @@ def _quick_http_failure():
 
 
 @contextmanager
-def _sqlite_creation_lock(tracking_uri: str):
-    """Parallel jobs (joblib launcher) opening a new sqlite store at once race to create its
-    tables; MLflow does not guard that, so a file lock beside the database does."""
+def sqlite_creation_lock(tracking_uri: str):
+    """Parallel jobs (joblib launcher) or Optuna workers opening a new sqlite store at once race
+    to create its tables; neither MLflow nor Optuna guards that, so a file lock beside the
+    database does."""
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
@@ -113,7 +114,7 @@ def connect(tracking_uri: str):
             raise ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
                               f"a sqlite:/// path in an existing folder ({folder} does not exist)")
     try:
-        with _quick_http_failure(), _sqlite_creation_lock(tracking_uri):
+        with _quick_http_failure(), sqlite_creation_lock(tracking_uri):
             client = MlflowClient(tracking_uri)
             client.search_experiments(max_results=1)
     except Exception as error:

@@ -169,3 +169,53 @@ def test_four_parallel_jobs_share_one_new_sqlite_store_without_losses(tmp_path):
     for run in runs:
         assert run.info.status == "FINISHED"
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2]
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_running_job_killed_and_a_rerun_skips_the_finished_ones(tmp_path):
+    uri = tracking_uri(tmp_path)
+    args = [*SMOKE, "dataset.train_size=4096", "trainer.epochs=3", "init=he_normal,zeros",
+            f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep", "--multirun"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    sweep = subprocess.Popen([sys.executable, "-m", "cifar_exp", *args], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = tmp_path / "sweep" / "1" / "checkpoint" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and sweep.poll() is None and not second.exists():
+        time.sleep(0.05)
+    assert sweep.poll() is None, "the sweep ended before the second job was interrupted"
+    sweep.send_signal(signal.SIGINT)
+    sweep.wait(timeout=120)
+    _, runs = all_runs(uri)
+    assert {r.data.tags["choice.init"]: r.info.status for r in runs} == {"he_normal": "FINISHED", "zeros": "KILLED"}
+
+    again = run_cli(args[:-2] + [f"hydra.sweep.dir={tmp_path}/again", "--multirun"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "skipping" in again.stdout + again.stderr and "resuming run" in again.stdout + again.stderr
+    _, runs = all_runs(uri)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_two_optuna_workers_share_one_study_without_losing_trials_or_runs(tmp_path):
+    uri = tracking_uri(tmp_path)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "cifar_exp", *SMOKE, "trainer.epochs=1", "hparams_search=lr_optuna",
+         f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=4",
+         f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/worker{k}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in (0, 1)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+
+    import optuna
+
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) >= 4
+    client, runs = all_runs(uri)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == sorted(t.number for t in complete)
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]

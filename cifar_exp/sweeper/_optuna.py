@@ -45,8 +45,12 @@ def open_storage(location: str):
     import optuna
 
     if is_database_url(location):
+        from cifar_exp.tracking import sqlite_creation_lock
+
         engine_kwargs = {"connect_args": {"timeout": 60}} if location.startswith("sqlite") else None
-        return optuna.storages.RDBStorage(location, engine_kwargs=engine_kwargs)
+        # Workers started together race to create a new sqlite study's tables (alembic).
+        with sqlite_creation_lock(location):
+            return optuna.storages.RDBStorage(location, engine_kwargs=engine_kwargs)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     Path(location).parent.mkdir(parents=True, exist_ok=True)
