@@ -1,5 +1,6 @@
 """`python -m cifar_exp` as users run it: runs, multiruns, failures, all read back from MLflow."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -121,3 +122,21 @@ def test_unknown_option_lists_the_choices(tmp_path):
     result = run_cli(["init=he_normall"], cwd=tmp_path, timeout=60)
     assert result.returncode != 0
     assert "he_normal" in result.stderr and "Available options" in result.stderr
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax", reason="the JAX backend's distribution")
+def test_jax_data_parallel_over_two_host_devices(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        from conftest import SMOKE, compose
+        import cifar_exp.distribute as d
+        from cifar_exp.job import JobContext, run_job
+        assert d.build_strategy("auto").num_replicas_in_sync == 2
+        print("ACC", run_job(compose(SMOKE + ["mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]), JobContext()))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split("ACC")[-1]) > 0.2
