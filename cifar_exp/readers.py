@@ -239,6 +239,13 @@ def _check_labels(labels: np.ndarray, k: int, where: str, first: int = 0) -> np.
     return (labels - first).astype(np.int32)
 
 
+def _check_names_file(tree: Tree, name: str, spec: Spec) -> None:
+    """An optional text file of class names, one per line, must list the official classes."""
+    if name in tree.names:
+        names = [line.strip() for line in tree.read(name).decode().splitlines() if line.strip()]
+        _check_class_names(names, spec.classes, tree.label(name))
+
+
 def _check_class_names(found, expected, where: str) -> None:
     if tuple(found) != tuple(expected):
         raise DataError(f"{where}: class names {list(found)} differ from the official order {list(expected)}")
@@ -307,9 +314,7 @@ def read_cifar_binary(tree: Tree, spec: Spec, shape):
     row = 1 + h * w * c  # one label byte, then the channel planes
     files = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
     _require(tree, prefix, files["train"] + files["test"])
-    if prefix + "batches.meta.txt" in tree.names:
-        names = [s.strip() for s in tree.read(prefix + "batches.meta.txt").decode().splitlines() if s.strip()]
-        _check_class_names(names, spec.classes, tree.label(prefix + "batches.meta.txt"))
+    _check_names_file(tree, prefix + "batches.meta.txt", spec)
     out = {}
     for split, batch_names in files.items():
         xs, ys = [], []
@@ -405,9 +410,7 @@ def read_stl10_binary(tree: Tree, spec: Spec, shape):
         return None
     prefix, (h, w, c) = prefixes[0], shape
     _require(tree, prefix, ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"])
-    if prefix + "class_names.txt" in tree.names:
-        names = [s.strip() for s in tree.read(prefix + "class_names.txt").decode().splitlines() if s.strip()]
-        _check_class_names(names, spec.classes, tree.label(prefix + "class_names.txt"))
+    _check_names_file(tree, prefix + "class_names.txt", spec)
     out = {}
     for split in ("train", "test"):
         xname, yname = f"{prefix}{split}_X.bin", f"{prefix}{split}_y.bin"
