@@ -7,8 +7,10 @@ while training), solves for v in closed form (weighting.py) and writes it in pla
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -20,13 +22,15 @@ log = logging.getLogger(__name__)
 
 
 def build_spl_callback(cfg_weighting, *, x_train, y_train, sample_weights, batch_size, class_names,
-                       tracker, noisy_mask=None):
+                       tracker, noisy_mask=None, checkpoint_dir=None, first_epoch=0):
     """The v-step callback for `cfg.weighting`, or None for `name: none`.
 
     `sample_weights` (float32, one per training sample) is what the training PyDataset
     reads batch by batch; the callback overwrites it in place before every epoch.
     `noisy_mask` (bool, optional) marks the samples whose label was corrupted, to log
     how many of them stay active.
+    With a `checkpoint_dir`, the pace's state is saved there at every epoch's end (before
+    the model checkpoint), and a job resumed at `first_epoch` continues from it.
     With `losses_from: train_pass`, train.py must also feed `callback.targets` instead of
     `y_train` and compile with `callback.adapt_compile(loss, metrics)` inside the strategy
     scope, so that each sample's training loss is recorded by its index.
@@ -37,17 +41,21 @@ def build_spl_callback(cfg_weighting, *, x_train, y_train, sample_weights, batch
             and sample_weights.shape == (len(x_train),)):
         raise ValueError(f"sample_weights must be the float32 numpy array of shape ({len(x_train)},) "
                          f"that the training batches read, got {sample_weights!r:.80}")
-    return SelfPacedLearning(Pace(cfg_weighting), cfg_weighting.losses_from, x_train=x_train, y_train=y_train,
-                             sample_weights=sample_weights, batch_size=batch_size, class_names=class_names,
-                             tracker=tracker, noisy_mask=noisy_mask)
+    callback = SelfPacedLearning(Pace(cfg_weighting), cfg_weighting.losses_from, x_train=x_train, y_train=y_train,
+                                 sample_weights=sample_weights, batch_size=batch_size, class_names=class_names,
+                                 tracker=tracker, noisy_mask=noisy_mask, checkpoint_dir=checkpoint_dir)
+    if first_epoch:
+        callback.restore(first_epoch)
+    return callback
 
 
 class SelfPacedLearning(keras.callbacks.Callback):
     """At each epoch's start: per-sample losses -> v (in place); at its end: v's statistics into `logs`."""
 
     def __init__(self, pace: Pace, losses_from: str, *, x_train, y_train, sample_weights, batch_size,
-                 class_names, tracker, noisy_mask=None):
+                 class_names, tracker, noisy_mask=None, checkpoint_dir=None):
         super().__init__()
+        self.checkpoint_dir = checkpoint_dir
         self.pace, self.losses_from = pace, losses_from
         self.x_train, self.y_train = x_train, np.asarray(y_train).reshape(-1).astype(np.int32)
         self.sample_weights, self.batch_size = sample_weights, batch_size
@@ -86,8 +94,6 @@ class SelfPacedLearning(keras.callbacks.Callback):
         self.histogram_epochs = {first, (first + last) // 2}
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.recorder is not None:
-            self.collect_train_losses()
         losses = self.current_losses() if self.pace.needs_losses(epoch) else None
         self.step = self.pace.v_step(epoch, losses, self.params["epochs"])
         if losses is None:
@@ -108,7 +114,7 @@ class SelfPacedLearning(keras.callbacks.Callback):
 
     def current_losses(self) -> np.ndarray:
         """Every training sample's cross-entropy (nats) under the current model."""
-        if self.losses_from == "train_pass" and not np.isnan(self.train_losses).any():
+        if self.losses_from == "train_pass" and self.train_losses is not None and not np.isnan(self.train_losses).any():
             return self.train_losses.copy()
         # eval_pass, or train_pass before an epoch has recorded every sample (no warm-up).
         return self.eval_losses()
@@ -143,11 +149,52 @@ class SelfPacedLearning(keras.callbacks.Callback):
         return stats
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.recorder is not None:
+            self.collect_train_losses()
         if logs is not None:
             logs.update(self.epoch_stats())
         if epoch in self.histogram_epochs:
             self.log_histogram(epoch)
         self.last_epoch = epoch
+        if self.checkpoint_dir:
+            self.save_state(epoch + 1)
+
+    # --- surviving interruption -------------------------------------------------------
+    # One file per finished epoch, the last two kept: the model checkpoint may fall back
+    # one epoch (a kill while it saves), and the pace state must match the epoch it resumes.
+    STATE_FILE = "spl_state_epoch_{:04d}.npz"
+
+    def save_state(self, finished_epochs: int) -> None:
+        """λ, the start fraction of the target pace and the losses behind v, as the job's
+        checkpoint must hold them for a resumed run to weight exactly as an uninterrupted one."""
+        folder = Path(self.checkpoint_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        missing = np.full(len(self.y_train), np.nan, np.float32)
+        partial = folder / "spl_state.tmp"
+        with open(partial, "wb") as file:
+            np.savez(file, lam=np.nan if self.pace.lam is None else self.pace.lam,
+                     start_fraction=np.nan if self.pace.start_fraction is None else self.pace.start_fraction,
+                     train_losses=missing if self.train_losses is None else self.train_losses,
+                     losses=missing if self.losses is None else self.losses)
+        partial.replace(folder / self.STATE_FILE.format(finished_epochs))
+        for old in folder.glob(self.STATE_FILE.format(0).replace("0000", "*")):
+            if old.name < self.STATE_FILE.format(finished_epochs - 1):
+                old.unlink(missing_ok=True)
+
+    def restore(self, first_epoch: int) -> None:
+        """Continue the pace of a job resumed after `first_epoch` finished epochs."""
+        path = Path(self.checkpoint_dir or ".") / self.STATE_FILE.format(first_epoch)
+        if not (self.checkpoint_dir and path.exists()):
+            log.warning("self-paced learning: no saved state for epoch %d in %s; lambda is re-anchored "
+                        "on the current losses", first_epoch, self.checkpoint_dir)
+            return
+        with np.load(path) as state:
+            lam, start = float(state["lam"]), float(state["start_fraction"])
+            train_losses, losses = state["train_losses"], state["losses"]
+        self.pace.lam = None if math.isnan(lam) else lam
+        self.pace.start_fraction = None if math.isnan(start) else start
+        self.train_losses = None if np.isnan(train_losses).all() else train_losses
+        self.losses = None if np.isnan(losses).all() else losses
 
     def on_train_end(self, logs=None):
         if self.last_epoch is None:

@@ -169,8 +169,8 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
     def finished_epochs(folder: str | None) -> int:
         """Epochs a readable checkpoint in `folder` holds (0 if none); an unreadable one is
         removed with a warning, and the job starts from scratch."""
-        if not folder or not Path(folder).is_dir():
-            return 0
+        if not folder or not any(Path(folder).glob("*.weights.h5")):
+            return 0  # nothing saved yet (a folder holding only the SPL state counts as none too)
         try:
             import h5py
 
@@ -205,11 +205,13 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
     epochs, batch_size = cfg.trainer.epochs, cfg.trainer.batch_size
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
 
+    first_epoch = Checkpoint.finished_epochs(checkpoint_dir)
     # Self-paced learning rewrites these per-sample weights before each epoch (None: plain training).
     sample_weights = np.ones(len(data.y_train), dtype="float32")
     spl = build_spl_callback(cfg.weighting, x_train=data.x_train, y_train=data.y_train,
                              sample_weights=sample_weights, batch_size=batch_size, class_names=data.class_names,
-                             tracker=tracker, noisy_mask=data.info.get("noisy_mask"))
+                             tracker=tracker, noisy_mask=data.info.get("noisy_mask"),
+                             checkpoint_dir=checkpoint_dir, first_epoch=first_epoch)
 
     strategy = build_strategy(cfg.trainer.strategy)
     with strategy.scope():
@@ -221,7 +223,6 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         model.compile(optimizer=build_optimizer(cfg.optimizer, schedule), loss=loss, metrics=metrics,
                       jit_compile=cfg.trainer.jit_compile)
 
-    first_epoch = Checkpoint.finished_epochs(checkpoint_dir)
     targets = data.y_train if spl is None else spl.targets
     batches = TrainBatches(data.x_train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch)
     eval_x, eval_y = (data.x_val, data.y_val) if data.eval_split == "val" else (data.x_test, data.y_test)

@@ -136,8 +136,8 @@ class Pace:
         l = normalise_losses(self.scheme, losses)
         target = None
         if self.lam is None:
-            # The first v-step of this process: the first weighted epoch, or the epoch a
-            # resumed job restarts at (λ is not checkpointed: a quantile re-anchors it).
+            # The first weighted epoch (a resumed job restores λ from its checkpoint; one
+            # whose saved pace is missing re-anchors it here on the current losses).
             if self.age_quantile is not None:
                 self.start_fraction = self.age_quantile
                 lam = age_for_fraction(self.scheme, l, self.age_quantile)

@@ -62,6 +62,9 @@ def fake_tracker():
         def set_tags(self, tags):
             self.tags.update(tags)
 
+        def logged_epochs(self):
+            return max((step for step, metrics in self.metrics if "loss" in metrics), default=0)
+
         def log_params(self, params):
             pass
 

@@ -219,3 +219,77 @@ def test_two_optuna_workers_share_one_study_without_losing_trials_or_runs(tmp_pa
     assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == sorted(t.number for t in complete)
     for run in runs:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
+
+
+class _StopAfter:
+    """A callback (placed after the checkpoint) that interrupts training once `epochs` finished."""
+
+    def __new__(cls, epochs):
+        import keras
+
+        class Stop(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch + 1 == epochs:
+                    raise KeyboardInterrupt(f"interrupted after epoch {epochs}")
+
+        return Stop()
+
+
+class _FinalWeights:
+    def __new__(cls, into: list):
+        import keras
+
+        class Keep(keras.callbacks.Callback):
+            def on_train_end(self, logs=None):
+                into[:] = self.model.get_weights()
+
+        return Keep()
+
+
+@pytest.mark.parametrize("losses_from", ["eval_pass", "train_pass"])
+def test_a_resumed_self_paced_job_weights_and_ends_as_if_never_interrupted(tmp_path, fake_tracker, losses_from):
+    """λ (grown by μ from a quantile anchor, so not recomputable from the losses) and the
+    recorded training losses are part of the checkpoint."""
+    from conftest import compose
+
+    from cifar_exp import train
+
+    cfg = compose([*SMOKE, "trainer.epochs=4", "trainer.deterministic=true", "weighting=linear",
+                   "weighting.age_quantile=0.5", "weighting.mu=1.5", "weighting.warmup_epochs=1",
+                   f"weighting.losses_from={losses_from}"])
+    reference_weights, resumed_weights = [], []
+    train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path / "reference"),
+              extra_callbacks=[_FinalWeights(reference_weights)])
+    reference = [metrics for _, metrics in fake_tracker.metrics]
+
+    fake_tracker.metrics.clear()
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path / "killed"), extra_callbacks=[_StopAfter(2)])
+    assert sorted(p.name for p in (tmp_path / "killed").glob("spl_state_*")) == [
+        "spl_state_epoch_0001.npz", "spl_state_epoch_0002.npz"]
+    train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path / "killed"),
+              extra_callbacks=[_FinalWeights(resumed_weights)])
+    resumed = [metrics for _, metrics in fake_tracker.metrics]
+
+    assert [m["spl_lambda"] for m in resumed if "spl_lambda" in m] == [
+        m["spl_lambda"] for m in reference if "spl_lambda" in m]
+    assert len([m for m in reference if "spl_lambda" in m]) == 3
+    assert [m["loss"] for m in resumed if "loss" in m] == [m["loss"] for m in reference if "loss" in m]
+    for a, b in zip(reference_weights, resumed_weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_resumed_self_paced_job_without_saved_state_warns_and_re_anchors(tmp_path, fake_tracker, caplog):
+    from conftest import compose
+
+    from cifar_exp import train
+
+    cfg = compose([*SMOKE, "trainer.epochs=3", "weighting=linear", "weighting.warmup_epochs=0"])
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path), extra_callbacks=[_StopAfter(1)])
+    for state in tmp_path.glob("spl_state_*"):
+        state.unlink()
+    train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path))
+    assert "no saved state for epoch 1" in caplog.text
+    assert sum("spl_lambda" in m for _, m in fake_tracker.metrics) == 3
+
