@@ -94,8 +94,12 @@ def run_job(cfg, context: JobContext) -> float:
         _write_status(context, "KILLED", error, tracker.run_id)
         raise
     except Exception as error:
+        hint = failure_hint(cfg, error)
+        if hint:
+            log.error("%s", hint)
+            tracker.set_tags({"failure_hint": hint})
         tracker.finish("FAILED", error)
-        _write_status(context, "FAILED", error, tracker.run_id)
+        _write_status(context, "FAILED", error, tracker.run_id, hint=hint)
         if not context.multirun:
             raise
         log.exception("job %s failed; the sweep goes on", context.job_num)
@@ -103,6 +107,26 @@ def run_job(cfg, context: JobContext) -> float:
     tracker.finish("FINISHED")
     _write_status(context, "FINISHED", None, tracker.run_id, value)
     return value
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Memory exhausted on the host or the accelerator, as each backend reports it: Python's
+    MemoryError, TensorFlow's ResourceExhaustedError, XLA's RESOURCE_EXHAUSTED (JAX)."""
+    text = str(error)
+    return (isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError"
+            or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
+
+
+def failure_hint(cfg, error: BaseException) -> str | None:
+    """What to change, for the failures a config change cures."""
+    if is_out_of_memory(error):
+        return (f"out of memory with trainer.batch_size={cfg.trainer.batch_size}, model={cfg.model.name}, "
+                f"trainer.precision={cfg.trainer.precision}: try a smaller trainer.batch_size, "
+                "trainer.precision=mixed_bfloat16 (or mixed_float16), or a smaller model")
+    if isinstance(error, FloatingPointError):
+        return (f"the loss diverged with optimizer.lr={cfg.optimizer.lr}: try a smaller learning rate, "
+                "or trainer.precision=float32 if mixed precision is on")
+    return None
 
 
 def find_data(cfg_dataset) -> None:
@@ -249,12 +273,13 @@ def _record_failed_start(cfg, context: JobContext, error: Exception) -> None:
         log.warning("could not record the failed job in MLflow")
 
 
-def _write_status(context: JobContext, status: str, error, run_id=None, value=None) -> None:
+def _write_status(context: JobContext, status: str, error, run_id=None, value=None, hint=None) -> None:
     """job_status.json in the job's folder: what the sweep summary counts."""
     if not context.output_dir:
         return
     record = {"status": status, "run_id": run_id, "value": value,
               "overrides": [tracking.mask_secrets(o) for o in context.overrides],
-              "error": None if error is None else tracking.mask_secrets(f"{type(error).__name__}: {error}")}
+              "error": None if error is None else tracking.mask_secrets(f"{type(error).__name__}: {error}"),
+              "hint": hint}
     Path(context.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(context.output_dir) / "job_status.json").write_text(json.dumps(record, indent=1))

@@ -20,5 +20,7 @@ class SweepSummary(Callback):
               f"({config.hydra.sweep.dir})", flush=True)
         for record in failed:
             print(f"  {record['status']}: {' '.join(record['overrides'])}: {record['error']}", flush=True)
+            if record.get("hint"):
+                print(f"    hint: {record['hint']}", flush=True)
         if failed:
             raise SystemExit(1)

@@ -293,3 +293,58 @@ def test_a_resumed_self_paced_job_without_saved_state_warns_and_re_anchors(tmp_p
     assert "no saved state for epoch 1" in caplog.text
     assert sum("spl_lambda" in m for _, m in fake_tracker.metrics) == 3
 
+
+def _tf_out_of_memory():
+    import tensorflow as tf
+
+    return tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[512,64,32,32]")
+
+
+@pytest.mark.parametrize("make_error", [
+    _tf_out_of_memory,
+    lambda: RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2147483648 bytes."),  # XLA/JAX
+    lambda: MemoryError(),
+], ids=["tensorflow", "xla", "host"])
+def test_running_out_of_memory_fails_the_job_with_a_hint_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys,
+                                                                                make_error):
+    from conftest import compose
+
+    from cifar_exp import job
+    from cifar_exp.sweep_summary import SweepSummary
+
+    real_run_task = job.run_task
+    calls = []
+
+    def first_job_runs_out_of_memory(cfg, tracker, checkpoint_dir):
+        calls.append(cfg.seed)
+        if len(calls) == 1:
+            raise make_error()
+        return real_run_task(cfg, tracker, checkpoint_dir)
+
+    monkeypatch.setattr(job, "run_task", first_job_runs_out_of_memory)
+    uri = tracking_uri(tmp_path)
+    values = []
+    for num, seed in enumerate([0, 1]):
+        cfg = compose([*SMOKE, "trainer.epochs=1", f"seed={seed}", f"mlflow.tracking_uri={uri}"])
+        context = job.JobContext(overrides=[f"seed={seed}"], output_dir=str(tmp_path / "sweep" / str(num)),
+                                 sweep_dir=str(tmp_path / "sweep"), job_num=num, multirun=True)
+        values.append(job.run_job(cfg, context))
+    assert np.isnan(values[0]) and 0 <= values[1] <= 1
+
+    _, runs = all_runs(uri)
+    status = {r.data.params["seed"]: r for r in runs}
+    assert status["1"].info.status == "FINISHED"
+    failed = status["0"]
+    assert failed.info.status == "FAILED"
+    assert "out of memory with trainer.batch_size=32" in failed.data.tags["failure_hint"]
+    assert type(make_error()).__name__ in failed.data.tags["error"]
+    record = json.loads((tmp_path / "sweep" / "0" / "job_status.json").read_text())
+    assert record["status"] == "FAILED" and "smaller trainer.batch_size" in record["hint"]
+
+    from omegaconf import OmegaConf
+
+    summary = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_end(summary)
+    printed = capsys.readouterr().out
+    assert "1 finished, 1 failed" in printed and "hint: out of memory" in printed
