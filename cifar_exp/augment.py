@@ -1,7 +1,8 @@
 """Preprocessing and augmentation as Keras layers, so they run inside the compiled step.
 
 Both take the uint8 batch as fed (and cast it to float32 themselves); augmentation is active only in
-training, preprocessing always. Only `keras.ops`/`keras.random`, so any Keras backend runs them.
+training, preprocessing always. Test-time augmentation (`with_flip_tta`) wraps the model and acts
+only outside training. Only `keras.ops`/`keras.random`, so any Keras backend runs them.
 """
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def build_augmentation(name: str, image_shape):
         flip=True, name=name)
 
 
+def with_flip_tta(core):
+    """`core` with flip test-time augmentation: at inference the mean of the logits for each image and
+    its mirror image (one call on the batch of 2N), in training `core` alone."""
+    return _layers().FlipTTA(core, name="flip_tta")
+
+
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation in pixel units, without a float copy of all of x
     (50,000 CIFAR images would take 1.2 GB as float64)."""
@@ -60,6 +67,11 @@ def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndar
     n = x.size // x.shape[-1]
     mean = s / n
     return mean.astype(np.float32), np.sqrt(np.maximum(ss / n - mean ** 2, 1e-12)).astype(np.float32)
+
+
+def register_layers() -> None:
+    """Make the layers known to Keras' loader (saved.py); defining them registers them."""
+    _layers()
 
 
 @functools.cache
@@ -139,9 +151,31 @@ def _layers():
             return {**super().get_config(), "pad": self.pad, "flip": self.flip, "cutout": self.cutout,
                     "seed": self.seed}
 
+    @register
+    class FlipTTA(keras.layers.Wrapper):
+        """Flip test-time augmentation around the wrapped model: outside training, x and its left-right
+        mirror go through the model as one batch of 2N and the two halves' logits are averaged (in
+        float32); in training the model sees x alone, so training is unchanged."""
+
+        def __init__(self, layer, **kwargs):
+            # float32: the mean of two half-precision logits is taken in full precision; the wrapped
+            # model keeps its own (mixed) precision policy.
+            kwargs.setdefault("dtype", "float32")
+            super().__init__(layer, **kwargs)
+
+        def call(self, x, training=None):
+            if training:
+                return ops.cast(self.layer(x, training=True), self.compute_dtype)
+            both = self.layer(ops.concatenate([x, ops.flip(x, axis=2)], axis=0), training=False)
+            original, mirrored = ops.split(ops.cast(both, self.compute_dtype), 2, axis=0)
+            return (original + mirrored) / 2
+
+        def compute_output_shape(self, input_shape):
+            return self.layer.compute_output_shape(input_shape)
+
     class Namespace:
         pass
 
     ns = Namespace()
-    ns.PerImageStandardization, ns.Augment = PerImageStandardization, Augment
+    ns.PerImageStandardization, ns.Augment, ns.FlipTTA = PerImageStandardization, Augment, FlipTTA
     return ns

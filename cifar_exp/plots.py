@@ -29,11 +29,10 @@ def learning_curves(history: dict[str, list[float]], eval_split: str):
     return fig
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> tuple:
-    """The counts matrix (rows: true class) and its figure, rows normalised for colour."""
+def confusion_matrix(counts: np.ndarray, class_names):
+    """The figure of a counts matrix (rows: true class, columns: predicted), rows normalised for colour."""
     plt = _pyplot()
     k = len(class_names)
-    counts = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(7, 6))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -47,4 +46,4 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> tup
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, label="fraction of the true class")
     fig.tight_layout()
-    return counts, fig
+    return fig

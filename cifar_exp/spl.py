@@ -25,6 +25,8 @@ def build_spl_callback(cfg_weighting, *, x_train, y_train, sample_weights, batch
                        tracker, noisy_mask=None, checkpoint_dir=None, first_epoch=0):
     """The v-step callback for `cfg.weighting`, or None for `name: none`.
 
+    `x_train` is what the training model takes for the training set (uint8 images, or their
+    indices when the images are resident on the device: resident.py); `y_train` the labels.
     `sample_weights` (float32, one per training sample) is what the training PyDataset
     reads batch by batch; the callback overwrites it in place before every epoch.
     `noisy_mask` (bool, optional) marks the samples whose label was corrupted, to log

@@ -23,8 +23,11 @@ from cifar_exp import augment, plots
 from cifar_exp.data import DataSplits, load_dataset
 from cifar_exp.distribute import build_strategy
 from cifar_exp.initializers import apply_init, apply_l2
+from cifar_exp.losses import build_loss
+from cifar_exp.metrics import ConfusionAccuracy
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_lr_schedule, build_optimizer
+from cifar_exp.resident import build_feed
 from cifar_exp.spl import build_spl_callback
 
 
@@ -129,7 +132,8 @@ class FailOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 def build_classifier(cfg, data: DataSplits, build_core=None):
-    """uint8 images -> preprocessing -> augmentation (training only) -> model -> float32 logits.
+    """uint8 images -> preprocessing -> augmentation (training only) -> model -> float32 logits;
+    with `trainer.tta`, inference averages the model's logits for each image and its mirror image.
 
     `build_core(cfg, data)`, when given, returns the initialised model instead (transfer.py's adapters).
     """
@@ -144,8 +148,9 @@ def build_classifier(cfg, data: DataSplits, build_core=None):
     augmentation = augment.build_augmentation(cfg.dataset.augment, data.image_shape)
     if augmentation is not None:
         x = augmentation(x)
+    network = augment.with_flip_tta(core) if cfg.trainer.tta else core
     # Under mixed precision the logits, softmax and loss stay float32.
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(core(x))
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(network(x))
     return keras.Model(inputs, logits, name=f"{core.name}_classifier")
 
 
@@ -206,26 +211,32 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
 
     first_epoch = Checkpoint.finished_epochs(checkpoint_dir)
+    # Images as arrays on the host, or as indices into a copy resident on the accelerator.
+    feed = build_feed(cfg.trainer.data_on_device, data)
     # Self-paced learning rewrites these per-sample weights before each epoch (None: plain training).
     sample_weights = np.ones(len(data.y_train), dtype="float32")
-    spl = build_spl_callback(cfg.weighting, x_train=data.x_train, y_train=data.y_train,
+    spl = build_spl_callback(cfg.weighting, x_train=feed.train, y_train=data.y_train,
                              sample_weights=sample_weights, batch_size=batch_size, class_names=data.class_names,
                              tracker=tracker, noisy_mask=data.info.get("noisy_mask"),
                              checkpoint_dir=checkpoint_dir, first_epoch=first_epoch)
 
     strategy = build_strategy(cfg.trainer.strategy)
     with strategy.scope():
-        model = build_classifier(cfg, data, build_core)
+        classifier = build_classifier(cfg, data, build_core)
+        model = feed.training_model(classifier)  # the classifier itself, or indices -> resident images -> it
         schedule = build_lr_schedule(cfg.lr_schedule, cfg.optimizer.lr, steps_per_epoch, epochs)
-        loss, metrics = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
+        # `accuracy` that also counts (true, predicted) pairs: after the last evaluation it holds
+        # the test split's confusion matrix, so the figure needs no extra pass over the test set.
+        accuracy = ConfusionAccuracy(data.num_classes)
+        loss, metrics = build_loss(cfg.trainer.label_smoothing), [accuracy]
         if spl is not None:  # train_pass: targets carry sample indices so losses are recorded by index
             loss, metrics = spl.adapt_compile(loss, metrics)
         model.compile(optimizer=build_optimizer(cfg.optimizer, schedule), loss=loss, metrics=metrics,
                       jit_compile=cfg.trainer.jit_compile)
 
     targets = data.y_train if spl is None else spl.targets
-    batches = TrainBatches(data.x_train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch)
-    eval_x, eval_y = (data.x_val, data.y_val) if data.eval_split == "val" else (data.x_test, data.y_test)
+    batches = TrainBatches(feed.train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch)
+    eval_x, eval_y = (feed.val, data.y_val) if data.eval_split == "val" else (feed.test, data.y_test)
     logger = EpochLogger(tracker, data.eval_split, checkpoint_dir, first_epoch)
     callbacks = [] if spl is None else [spl]
     # The NaN check runs before the checkpoint so a diverged epoch is never saved.
@@ -244,33 +255,36 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
     model.fit(batches, epochs=epochs, validation_data=(eval_x, eval_y), validation_batch_size=batch_size,
               callbacks=callbacks, verbose=progress_verbosity(cfg.trainer.verbose), shuffle=False)
 
-    final = _final_test_metrics(model, data, logger, batch_size)
+    final = _final_test_metrics(model, feed, data, logger, batch_size)
     if data.eval_split != "test":  # otherwise the last epoch already logged these values
         tracker.log_metrics(final, step=len(logger.epochs))
-    _log_artifacts(cfg, tracker, model, data, logger, batch_size)
+    _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, batch_size, accuracy.matrix())
     # Sweepers may optimise the last validation metrics (already logged per epoch).
     final.update({key: values[-1] for key, values in logger.history.items() if key.startswith("val_")})
     return final
 
 
-def _final_test_metrics(model, data, logger, batch_size) -> dict[str, float]:
+def _final_test_metrics(model, feed, data, logger, batch_size) -> dict[str, float]:
     """Test loss/accuracy of the final model; the last epoch's when it already evaluated test."""
     if data.eval_split == "test" and logger.history.get("test_loss"):
         return {"test_loss": logger.history["test_loss"][-1], "test_accuracy": logger.history["test_accuracy"][-1]}
-    loss, accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0)
+    loss, accuracy = model.evaluate(feed.test, data.y_test, batch_size=batch_size, verbose=0)
     return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
 
 
-def _log_artifacts(cfg, tracker, model, data, logger, batch_size) -> None:
+def _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, batch_size, counts) -> None:
+    """Figures, the resolved config, the confusion matrix (`counts`: the last evaluation's) and the model."""
     tracker.log_figure(plots.learning_curves(logger.history, data.eval_split), "learning_curves.png")
-    predicted = np.argmax(model.predict(data.x_test, batch_size=batch_size, verbose=0), axis=1)
-    counts, figure = plots.confusion_matrix(data.y_test, predicted, data.class_names)
-    tracker.log_figure(figure, "confusion_matrix.png")
+    if counts.sum() != len(data.y_test):  # the last evaluation was not the test split's (a job resumed when done)
+        predicted = np.argmax(model.predict(feed.test, batch_size=batch_size, verbose=0), axis=1)
+        k = data.num_classes
+        counts = np.bincount(data.y_test * k + predicted, minlength=k * k).reshape(k, k)
+    tracker.log_figure(plots.confusion_matrix(counts, data.class_names), "confusion_matrix.png")
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     tracker.log_text(",".join(["true\\predicted", *data.class_names]) + "\n" + "\n".join(
         ",".join([name, *map(str, row)]) for name, row in zip(data.class_names, counts)), "confusion_matrix.csv")
     if cfg.mlflow.log_model:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.keras"
-            model.save(path)
+            classifier.save(path)  # takes images, wherever training read them from
             tracker.log_artifact(str(path))

@@ -99,7 +99,9 @@ def pretrain_config(cfg):
     tree = OmegaConf.to_container(cfg, resolve=True)
     pre = tree["transfer"]["pretrain"]
     tree["dataset"] = pre["dataset"]
-    tree["trainer"].update(epochs=pre["epochs"], batch_size=pre["batch_size"])
+    # The target's training tricks are not the pretraining's: flipped digits are other digits
+    # (no TTA), and the pretraining hash, which says when a checkpoint is reused, leaves them out.
+    tree["trainer"].update(epochs=pre["epochs"], batch_size=pre["batch_size"], tta=False, label_smoothing=0.0)
     tree["seed"] = pre["seed"]
     tree["weighting"] = {"name": "none"}
     tree["optuna_trial"] = None  # a trial is pruned on the target's epochs, never on pretraining's

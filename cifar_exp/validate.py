@@ -39,10 +39,16 @@ def validate(cfg) -> None:
         raise ConfigError("trainer.strategy", trainer.strategy, ", ".join(STRATEGIES))
     if trainer.verbose not in ("auto", 0, 1, 2):
         raise ConfigError("trainer.verbose", trainer.verbose, "auto, 0, 1 or 2")
+    if trainer.data_on_device not in ("auto", True, False):
+        raise ConfigError("trainer.data_on_device", trainer.data_on_device, "auto, true or false")
     for key, value in (("trainer.deterministic", trainer.deterministic), ("trainer.checkpoint", trainer.checkpoint),
+                       ("trainer.tta", trainer.tta),
                        ("sweep.rerun", cfg.sweep.rerun), ("mlflow.log_model", cfg.mlflow.log_model)):
         if not isinstance(value, bool):
             raise ConfigError(key, value, "true or false")
+    smoothing = trainer.label_smoothing
+    if not (isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) and 0 <= smoothing < 1):
+        raise ConfigError("trainer.label_smoothing", smoothing, "a number in [0, 1) (0: no smoothing)")
     if cfg.resume is not None and not (isinstance(cfg.resume, str) and cfg.resume):
         raise ConfigError("resume", cfg.resume, "null or an MLflow run id")
     if not (isinstance(cfg.mlflow.tracking_uri, str) and cfg.mlflow.tracking_uri):

@@ -59,7 +59,8 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "loss became" in failed.data.tags["error"]
 
 
-def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+@pytest.mark.parametrize("data_on_device", [False, True], ids=["host_batches", "resident_images"])
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path, data_on_device):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT / 'tests')!r})
@@ -68,7 +69,8 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from conftest import SMOKE, compose
         from cifar_exp.job import JobContext, run_job
-        cfg = compose(SMOKE + ["trainer.strategy=mirrored", "mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+        cfg = compose(SMOKE + ["trainer.strategy=mirrored", "trainer.data_on_device={str(data_on_device).lower()}",
+                               "mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
         import cifar_exp.distribute as d
         assert d.build_strategy("mirrored").num_replicas_in_sync == 2
         print("ACC", run_job(cfg, JobContext()))
@@ -125,7 +127,8 @@ def test_unknown_option_lists_the_choices(tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax", reason="the JAX backend's distribution")
-def test_jax_data_parallel_over_two_host_devices(tmp_path):
+@pytest.mark.parametrize("data_on_device", [False, True], ids=["host_batches", "resident_images"])
+def test_jax_data_parallel_over_two_host_devices(tmp_path, data_on_device):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT / 'tests')!r})
@@ -133,7 +136,8 @@ def test_jax_data_parallel_over_two_host_devices(tmp_path):
         import cifar_exp.distribute as d
         from cifar_exp.job import JobContext, run_job
         assert d.build_strategy("auto").num_replicas_in_sync == 2
-        print("ACC", run_job(compose(SMOKE + ["mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]), JobContext()))
+        print("ACC", run_job(compose(SMOKE + ["trainer.data_on_device={str(data_on_device).lower()}",
+                                              "mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]), JobContext()))
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env,

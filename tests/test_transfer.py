@@ -135,3 +135,11 @@ def test_pretrained_and_random_runs_link_to_one_pretraining_run_that_is_reused(t
     random = [r for r in targets if r.data.tags["transfer.pretrained"] == "false"]
     assert len(random) == 2 and not any("transfer.pretrain_run_id" in r.data.tags for r in random)
     assert all("test_accuracy" in r.data.metrics for r in targets)
+
+
+def test_pretraining_takes_neither_the_targets_tta_nor_its_label_smoothing():
+    cfg = compose(STAND_INS + ["trainer.tta=true", "trainer.label_smoothing=0.2"])
+    pre_cfg = transfer.pretrain_config(cfg)
+    assert pre_cfg.trainer.tta is False and pre_cfg.trainer.label_smoothing == 0.0
+    assert cfg.trainer.tta is True  # the target keeps them
+    assert transfer.pretrain_hash(cfg) == transfer.pretrain_hash(compose(STAND_INS))
