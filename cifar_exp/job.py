@@ -167,18 +167,23 @@ def _run_as_worker(cfg, context: JobContext) -> float:
 
 
 # Keys that do not change what a job computes: a run differing only in them is the same job.
-CONFIG_HASH_IGNORES = ("resume", "sweep", "mlflow", "trainer.verbose", "trainer.checkpoint")
+CONFIG_HASH_IGNORES = ("resume", "sweep", "mlflow", "trainer.verbose", "trainer.checkpoint",
+                       "trainer.data_on_device")
+# Keys added after runs were already recorded, with the value that means "as before": they
+# count only when set otherwise, so earlier runs keep their hash (and are skipped or resumed).
+CONFIG_HASH_SINCE = {"trainer.tta": False, "trainer.label_smoothing": 0.0}
 
 
 def config_hash(cfg) -> str:
     """Identifies a job by its resolved config, to skip or resume it in a later sweep."""
     tree = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in CONFIG_HASH_IGNORES:
+    for dotted in (*CONFIG_HASH_IGNORES, *CONFIG_HASH_SINCE):
         *parents, leaf = dotted.split(".")
         node = tree
         for key in parents:
             node = node.get(key, {})
-        node.pop(leaf, None)
+        if dotted in CONFIG_HASH_IGNORES or node.get(leaf) == CONFIG_HASH_SINCE[dotted]:
+            node.pop(leaf, None)
     return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -53,3 +53,20 @@ def test_console_script_works_from_any_directory(tmp_path):
     result = subprocess.run([str(script), "model=lenet", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "name: lenet" in result.stdout
+
+
+def test_the_config_hash_ignores_how_data_is_fed_and_keeps_earlier_runs_matching():
+    from omegaconf import OmegaConf, open_dict
+
+    from cifar_exp.job import config_hash
+
+    default = compose()
+    before_the_new_keys = compose()
+    with open_dict(before_the_new_keys):  # a run recorded before these keys existed
+        for key in ("tta", "label_smoothing", "data_on_device"):
+            del before_the_new_keys.trainer[key]
+    assert config_hash(default) == config_hash(before_the_new_keys)
+    assert config_hash(default) == config_hash(compose(["trainer.data_on_device=true"]))
+    assert config_hash(default) != config_hash(compose(["trainer.tta=true"]))
+    assert config_hash(default) != config_hash(compose(["trainer.label_smoothing=0.1"]))
+    assert OmegaConf.to_container(default)["trainer"]["tta"] is False  # hashing left the config alone
