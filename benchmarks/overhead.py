@@ -55,7 +55,7 @@ def main():
     print(f"ratio cifar_exp / plain keras: {ratio:.3f} (target <= 1.05)")
     result = {"figure": "overhead", "date": str(date.today()), "machine": platform.node(),
               "cpus": os.cpu_count(), "args": vars(args), "seconds": times, "ratio": ratio}
-    out = ROOT / "benchmarks" / "results" / "overhead.json"
+    out = ROOT / "benchmarks" / "results" / f"overhead_{args.epochs}_epochs.json"
     out.write_text(json.dumps(result, indent=1))
     print("wrote", out)
 
