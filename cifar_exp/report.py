@@ -97,6 +97,7 @@ class RunRecord:
     overrides: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    experiment_id: str | None = None
 
     def get(self, key: str) -> str | None:
         """A key's value: from the command-line overrides, the params, or the group choice."""
@@ -294,7 +295,8 @@ def load_records(client, experiment_ids, filter_string: str, metric: str, includ
             skipped[f"without {metric}"] += 1
         else:
             records.append(RunRecord(run.info.run_id, float(run.data.metrics[metric]),
-                                     parse_overrides(tags.get("overrides", "")), dict(run.data.params), dict(tags)))
+                                     parse_overrides(tags.get("overrides", "")), dict(run.data.params), dict(tags),
+                                     run.info.experiment_id))
     notes = [f"left out: {n} {why}" for why, n in skipped.items() if n and why != "report runs"]
     return records, notes
 
@@ -362,13 +364,18 @@ def main(argv=None) -> int:
     default_uri, default_experiment = _default_mlflow_settings()
     uri = args.tracking_uri or default_uri
     client = MlflowClient(uri)
-    experiment_name = args.experiment or default_experiment
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        names = [e.name for e in client.search_experiments()]
-        print(f"No MLflow experiment {experiment_name!r} in {mask_secrets(uri)}; there are: {names}", file=sys.stderr)
-        return 2
-    ids = [experiment.experiment_id]
+    if args.experiment or not (args.sweep_id or args.study):
+        experiment_name = args.experiment or default_experiment
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            names = [e.name for e in client.search_experiments()]
+            print(f"No MLflow experiment {experiment_name!r} in {mask_secrets(uri)}; there are: {names}",
+                  file=sys.stderr)
+            return 2
+        ids = [experiment.experiment_id]
+    else:  # a sweep or study is found wherever it logged (presets set their own experiment names)
+        experiment_name = "any experiment"
+        ids = [e.experiment_id for e in client.search_experiments()]
 
     filters, selection = ["attributes.status = 'FINISHED'"], [experiment_name]
     sweep_id = args.sweep_id
@@ -430,7 +437,8 @@ def main(argv=None) -> int:
     print(f"Wrote {', '.join(str(f) for f in files)}")
 
     if not args.no_log:
-        run = client.create_run(ids[0], run_name=f"report: {', '.join(selection)}", tags={
+        # Beside the runs it reports on.
+        run = client.create_run(records[0].experiment_id, run_name=f"report: {', '.join(selection)}", tags={
             REPORT_TAG: "true", "report.selection": " and ".join(filters), "report.metric": metric,
             "report.groups": str(len(rows)), "report.runs": str(len(records))})
         for path in files:

@@ -125,3 +125,18 @@ def test_report_of_the_latest_sweep_and_an_unknown_experiment(store, capsys):
     assert "sweep another" in (tmp_path / "r" / "report.md").read_text()  # the last run's sweep
     assert report.main(["--tracking-uri", uri, "--experiment", "nope"]) == 2
     assert "No MLflow experiment 'nope'" in capsys.readouterr().err
+
+
+def test_a_sweep_is_found_in_whichever_experiment_it_logged_to(store, tmp_path):
+    """Presets such as experiment=spl_noisy_labels set their own mlflow.experiment_name."""
+    client, uri, _ = store
+    elsewhere = client.create_experiment("spl_noisy_labels", artifact_location=(tmp_path / "mlruns").as_uri())
+    for seed, (scheme, value) in enumerate([("none", 0.4), ("none", 0.42), ("hard", 0.44), ("hard", 0.45)]):
+        run = client.create_run(elsewhere, tags={"sweep_id": "noisy", "overrides": f"weighting={scheme} seed={seed}"})
+        client.log_param(run.info.run_id, "seed", seed)
+        client.log_metric(run.info.run_id, "test_accuracy", value, step=1)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    assert report.main(["--tracking-uri", uri, "--sweep-id", "latest", "--out", str(tmp_path / "r")]) == 0
+    assert "| weighting=hard | 2 |" in (tmp_path / "r" / "report.md").read_text()
+    logged = client.search_runs([elsewhere], "tags.`cifar_exp.report` = 'true'")
+    assert len(logged) == 1  # the report run sits beside the runs it reports on
