@@ -179,7 +179,7 @@ class SelfPacedLearning(keras.callbacks.Callback):
                      train_losses=missing if self.train_losses is None else self.train_losses,
                      losses=missing if self.losses is None else self.losses)
         partial.replace(folder / self.STATE_FILE.format(finished_epochs))
-        for old in folder.glob(self.STATE_FILE.format(0).replace("0000", "*")):
+        for old in folder.glob("spl_state_epoch_*.npz"):
             if old.name < self.STATE_FILE.format(finished_epochs - 1):
                 old.unlink(missing_ok=True)
 
