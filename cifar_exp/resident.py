@@ -43,7 +43,9 @@ def has_accelerator() -> bool:
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+        # Physical devices: listing logical ones would start TensorFlow's runtime, after which a
+        # multi-worker strategy can no longer configure its collective ops.
+        return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
     return False
 
 

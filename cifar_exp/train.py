@@ -211,6 +211,8 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
 
     first_epoch = Checkpoint.finished_epochs(checkpoint_dir)
+    # First: a multi-worker strategy must configure TensorFlow before anything starts its runtime.
+    strategy = build_strategy(cfg.trainer.strategy)
     # Images as arrays on the host, or as indices into a copy resident on the accelerator.
     feed = build_feed(cfg.trainer.data_on_device, data)
     # Self-paced learning rewrites these per-sample weights before each epoch (None: plain training).
@@ -220,7 +222,6 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
                              tracker=tracker, noisy_mask=data.info.get("noisy_mask"),
                              checkpoint_dir=checkpoint_dir, first_epoch=first_epoch)
 
-    strategy = build_strategy(cfg.trainer.strategy)
     with strategy.scope():
         classifier = build_classifier(cfg, data, build_core)
         model = feed.training_model(classifier)  # the classifier itself, or indices -> resident images -> it
