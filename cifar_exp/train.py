@@ -230,6 +230,8 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         # the test split's confusion matrix, so the figure needs no extra pass over the test set.
         accuracy = ConfusionAccuracy(data.num_classes)
         loss, metrics = build_loss(cfg.trainer.label_smoothing), [accuracy]
+        if cfg.trainer.label_smoothing:  # `loss` is then the smoothed loss: log the comparable one too
+            metrics.append(keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="cross_entropy"))
         if spl is not None:  # train_pass: targets carry sample indices so losses are recorded by index
             loss, metrics = spl.adapt_compile(loss, metrics)
         model.compile(optimizer=build_optimizer(cfg.optimizer, schedule), loss=loss, metrics=metrics,

@@ -198,6 +198,10 @@ def test_a_tiny_job_trains_with_tta_and_label_smoothing(fake_tracker, extra):
     assert 0 <= final["test_accuracy"] <= 1 and math.isfinite(final["test_loss"])
     epochs = [metrics for step, metrics in fake_tracker.metrics if "loss" in metrics]
     assert len(epochs) == 2 and all(math.isfinite(m["loss"]) for m in epochs)
+    # The plain cross-entropy, comparable with unsmoothed runs, is logged beside the smoothed loss;
+    # on the evaluated split too, where the smoothed one is larger.
+    assert all({"cross_entropy", "test_cross_entropy"} <= set(m) for m in epochs)
+    assert epochs[-1]["test_cross_entropy"] < epochs[-1]["test_loss"]
     if extra:  # self-paced learning computed its weights from the (unsmoothed) losses
         assert "spl_lambda" in epochs[-1] and 0 < epochs[-1]["spl_mean_v"] < 1
     else:
