@@ -108,7 +108,9 @@ def test_secrets_are_masked_everywhere(tmp_path):
         assert "hunter2" not in open(client.download_artifacts(run.info.run_id, "config.yaml")).read()
 
 
-def test_metrics_survive_a_tracking_outage_and_are_reconciled(tmp_path):
+@pytest.fixture
+def run_during_outage(tmp_path):
+    """(client, tracker, restore): a run whose metric writes fail until restore() is called."""
     from mlflow.tracking import MlflowClient
 
     from cifar_exp import tracking
@@ -117,29 +119,27 @@ def test_metrics_survive_a_tracking_outage_and_are_reconciled(tmp_path):
     tracker = tracking.RunTracker.start(client, "outage", "run", {}, str(tmp_path))
     real_log_batch = client.log_batch
     client.log_batch = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("server gone"))
+    return client, tracker, lambda: setattr(client, "log_batch", real_log_batch)
+
+
+def test_metrics_survive_a_tracking_outage_and_are_reconciled(run_during_outage):
+    client, tracker, restore = run_during_outage
     tracker.log_metrics({"loss": 2.0}, step=1)
     tracker.log_metrics({"loss": 1.5}, step=2)
     assert len(tracker.pending) == 2
-    client.log_batch = real_log_batch
+    restore()
     tracker.log_metrics({"loss": 1.0}, step=3)
     tracker.finish()
     assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == [1, 2, 3]
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
-def test_metrics_that_never_reach_the_store_are_saved_locally(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from cifar_exp import tracking
-
-    client = MlflowClient(tracking_uri(tmp_path))
-    tracker = tracking.RunTracker.start(client, "outage", "run", {}, str(tmp_path))
-    real_log_batch = client.log_batch
-    client.log_batch = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("server gone"))
+def test_metrics_that_never_reach_the_store_are_saved_locally(tmp_path, run_during_outage):
+    client, tracker, restore = run_during_outage
     tracker.log_metrics({"loss": 2.0}, step=1)
     tracker._flush_metrics()
     tracker._save_pending()
-    client.log_batch = real_log_batch
+    restore()
     saved = json.loads((tmp_path / "pending_metrics.json").read_text())
     assert saved[0]["key"] == "loss" and saved[0]["step"] == 1
 
