@@ -13,8 +13,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 
-# An absolute path, so the configs are found from any working directory.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The configs, as an absolute path so they are found from any working directory. A wheel
+# (`pip install .`, git+URL, an index) ships the repository's conf/ inside the package as
+# cifar_exp/conf (pyproject.toml's package-dir); an editable install or a source checkout has
+# no cifar_exp/conf and reads the repository's conf/ next to the package.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = str(_PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

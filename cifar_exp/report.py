@@ -258,7 +258,9 @@ def _default_mlflow_settings() -> tuple[str, str]:
 
     from omegaconf import OmegaConf
 
-    conf = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "config.yaml").mlflow
+    from cifar_exp.main import CONFIG_DIR
+
+    conf = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").mlflow
     return os.environ.get("MLFLOW_TRACKING_URI", conf.tracking_uri), conf.experiment_name
 
 

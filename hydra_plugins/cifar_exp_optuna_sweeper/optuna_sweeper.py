@@ -1,5 +1,9 @@
-"""The Hydra Sweeper class Hydra finds by scanning `hydra_plugins`; its work is in `_impl`,
-imported only when Hydra instantiates the sweeper for a multirun."""
+"""The Hydra Sweeper class Hydra finds by scanning `hydra_plugins`; its work is in
+cifar_exp.sweeper._impl, imported only when Hydra instantiates the sweeper for a multirun.
+
+The class lives here, not in cifar_exp: Hydra instantiates only plugin classes defined in a
+`hydra_plugins.` module (`Plugins.is_in_toplevel_plugins_module`), a re-export is refused.
+"""
 from __future__ import annotations
 
 from typing import Any, List, Optional
@@ -16,7 +20,7 @@ class OptunaSweeper(Sweeper):
                  seed: Optional[int], storage: Optional[str], study_name: Optional[str],
                  monitor: Optional[str], max_failure_rate: float, heartbeat_s: int, stale_after_s: int,
                  params: Optional[DictConfig]) -> None:
-        from ._impl import OptunaSweeperImpl
+        from cifar_exp.sweeper._impl import OptunaSweeperImpl
 
         self.sweeper = OptunaSweeperImpl(
             sampler=sampler, pruner=pruner, direction=direction, n_trials=n_trials, n_jobs=n_jobs,
