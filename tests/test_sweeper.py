@@ -240,6 +240,29 @@ def test_probe_points_span_each_parameter_low_middle_high():
     assert middle["optimizer.lr"] == pytest.approx(1e-2) and middle["trainer.batch_size"] == 96
     assert high == {"optimizer.lr": 1.0, "trainer.batch_size": 160, "model": "alexnet"}
     assert oh.probe_points(oh.parse_search_space(["seed=0"])) == [{}]
+    described = {key: oh.describe(dist) for key, dist in space.distributions.items()}
+    assert described == {"optimizer.lr": "tag(log, interval(0.0001, 1.0))", "trainer.batch_size": "32..160 step 32",
+                         "model": "choice(lenet, simple_cnn, alexnet)"}
+
+
+def test_a_config_error_at_every_end_of_the_space_fails_the_sweep_and_at_some_warns(caplog):
+    import logging
+    import types
+
+    from conftest import compose
+
+    sweeper = _sweeper()
+    sweeper.config = None
+    sweeper.hydra_context = types.SimpleNamespace(config_loader=types.SimpleNamespace(
+        load_sweep_config=lambda master, overrides: compose(overrides)))
+    with pytest.raises(ConfigError, match="optimizer.lr=-2.0"):
+        sweeper._check_shared_config(oh.parse_search_space(["optimizer.lr=interval(-2, -1)", "dataset=synthetic"]))
+    with pytest.raises(ConfigError, match="trainer.epochs=0"):
+        sweeper._check_shared_config(oh.parse_search_space(["optimizer.lr=interval(0.1, 1)", "trainer.epochs=0"]))
+    with caplog.at_level(logging.WARNING):
+        sweeper._check_shared_config(oh.parse_search_space(["optimizer.lr=interval(-1, 1)", "dataset=synthetic"]))
+    assert "Trials near {'optimizer.lr': -1.0} will fail: Invalid config: optimizer.lr=-1.0" in caplog.text
+    assert "Trials near {'optimizer.lr': 0.0}" in caplog.text and "{'optimizer.lr': 1.0}" not in caplog.text
 
 
 def _opened(tmp_path, overrides, **settings):

@@ -228,13 +228,14 @@ def probe_points(space: SearchSpace) -> list[dict[str, Any]]:
 
 
 def describe(dist) -> str:
-    """A distribution in the override grammar it was written in, e.g. `tag(log, interval(0.0001, 1.0))`."""
+    """A distribution as the override grammar writes it, e.g. `tag(log, interval(0.0001, 1.0))`;
+    ranges as their first and last values."""
     from optuna.distributions import CategoricalDistribution, IntDistribution
 
     if isinstance(dist, CategoricalDistribution):
         return "choice(" + ", ".join(map(str, dist.choices)) + ")"
     if dist.step is not None and not (isinstance(dist, IntDistribution) and dist.step == 1):
-        return f"range({dist.low}, {dist.high}, {dist.step})"
+        return f"{dist.low}..{dist.high} step {dist.step}"  # both ends included (Hydra's range excludes its stop)
     text = f"interval({dist.low}, {dist.high})"
     tags = [t for t, on in (("log", dist.log), ("int", isinstance(dist, IntDistribution))) if on]
     return f"tag({', '.join(tags)}, {text})" if tags else text
