@@ -95,3 +95,18 @@ def test_mirrored_over_two_cpus_refuses_an_odd_batch_before_the_run_and_trains_r
     assert float(result.stdout.split("ACC")[-1]) > 0.2
     _, runs = all_runs(tracking_uri(tmp_path))
     assert [r.info.status for r in runs] == ["FINISHED"]  # the refused job opened no run
+
+
+def test_multi_worker_replicas_are_counted_from_the_cluster_without_building_the_strategy(monkeypatch):
+    import json
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+                                                "task": {"type": "chief", "index": 0}}))
+    assert distribute.replicas_in_sync("multi_worker") == 3  # one CPU replica per process
+    monkeypatch.delenv("TF_CONFIG")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    assert distribute.replicas_in_sync("multi_worker") == 4
+    with pytest.raises(ConfigError, match="trainer.batch_size=510. Allowed: a multiple of the 4 replicas that "
+                                          "trainer.strategy=multi_worker splits each batch across: 508 or 512"):
+        distribute.check_batch_size("trainer.batch_size", 510, 4, "multi_worker")
