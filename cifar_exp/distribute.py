@@ -54,14 +54,91 @@ def _tensorflow_strategy(name: str):
 
     if name == "multi_worker":  # before listing devices: that starts the TF runtime it must configure
         return _multi_worker_strategy()
-    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    devices = _tensorflow_devices(name)
     if name == "auto":
-        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+        return tf.distribute.MirroredStrategy(devices) if len(devices) > 1 else tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.OneDeviceStrategy(devices[0])
+
+
+def _tensorflow_devices(name: str) -> list[str]:
+    """The devices a single-process TensorFlow strategy trains on."""
+    import tensorflow as tf
+
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if name == "mirrored":
         # Without GPUs, mirror across the logical CPU devices (tests configure two).
-        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(gpus or cpus)
-    return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+        return gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+    if name == "auto":
+        return gpus
+    return gpus[:1] or ["/cpu:0"]
+
+
+def replicas_in_sync(name: str) -> int:
+    """How many replicas `trainer.strategy=name` will split each global batch across, counted without
+    building the strategy (so before an MLflow run is opened). multi_worker: workers x each worker's GPUs
+    (at least 1), assuming every worker has this one's; counted from physical devices, which leaves
+    TensorFlow's runtime unstarted for the strategy to configure."""
+    import keras
+
+    if name == "one_device":
+        return 1
+    if keras.backend.backend() != "tensorflow":
+        devices = len(keras.distribution.list_devices())
+        return devices if name in ("auto", "mirrored") and devices > 1 else 1
+    if name == "multi_worker":
+        import tensorflow as tf
+
+        return _worker_count() * max(1, len(tf.config.list_physical_devices("GPU")))
+    return max(1, len(_tensorflow_devices(name)))
+
+
+def _worker_count() -> int:
+    raw = os.environ.get("TF_CONFIG")
+    if raw:
+        try:
+            cluster = json.loads(raw).get("cluster") or {}
+            return max(1, sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")))
+        except (ValueError, AttributeError, TypeError):
+            return 1  # _task() reports a malformed TF_CONFIG
+    return max(1, int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")))
+
+
+def check_batch_size(key: str, batch_size: int, replicas: int, strategy: str) -> None:
+    """A global batch the replicas share evenly. tf.distribute splits an uneven batch unevenly, and Keras'
+    first step then fails adding the replicas' differently shaped inputs (AddN [2,...] != [1,...]).
+    Raises ConfigError naming `key`, the replica count and the nearest multiples of it."""
+    if replicas > 1 and batch_size % replicas:
+        lower = batch_size // replicas * replicas
+        nearest = [size for size in (lower, lower + replicas) if size > 0]
+        raise ConfigError(key, batch_size, f"a multiple of the {replicas} replicas that trainer.strategy={strategy} "
+                          f"splits each batch across: {' or '.join(map(str, nearest))}")
+
+
+def last_batch_fits(n: int, batch_size: int, replicas: int) -> bool:
+    """Whether `n` samples in batches of `batch_size` end with a batch every replica gets a share of:
+    a last batch smaller than the replica count leaves a replica an empty batch, which TensorFlow's
+    convolutions reject (`input depth must be evenly divisible by filter depth`)."""
+    rest = n % batch_size
+    return rest == 0 or rest >= replicas
+
+
+def inference_batch_size(n: int, batch_size: int, replicas: int) -> int:
+    """The batch size to evaluate or predict `n` samples with: `batch_size`, or when its last batch would
+    leave a replica empty, the nearest multiple of `replicas` (smaller first) whose last batch does not.
+    The result of an evaluation does not depend on its batch size. Raises ConfigError for n < replicas."""
+    if replicas <= 1 or last_batch_fits(n, batch_size, replicas):
+        return batch_size
+    if n < replicas:
+        raise ConfigError("trainer.batch_size", batch_size, f"any: {n} samples cannot be split across {replicas} "
+                          "replicas (use fewer devices or more samples)")
+    start = max(replicas, batch_size - batch_size % replicas)
+    for step in range(0, n + replicas, replicas):  # by size n + replicas one batch holds them all
+        for size in (start - step, start + step):
+            if size >= replicas and last_batch_fits(n, size, replicas):
+                return size
+    raise AssertionError("unreachable: one batch of all n samples fits")
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from cifar_exp import tracking
 from cifar_exp.distribute import is_chief
 from cifar_exp.errors import ConfigError
 from cifar_exp.readers import SPECS, DataError, locate
-from cifar_exp.validate import validate
+from cifar_exp.validate import check_devices, validate
 
 log = logging.getLogger(__name__)
 HIDDEN_OVERRIDE_PREFIXES = ("hydra.", "mlflow.", "optuna_trial")
@@ -47,6 +47,7 @@ def run_job(cfg, context: JobContext) -> float:
         return _run_as_worker(cfg, context)
     try:
         validate(cfg)
+        check_devices(cfg)
         if cfg.task != "kfold_poly":  # kfold_poly generates its data
             find_data(cfg.dataset)
         if cfg.task == "transfer" and cfg.transfer.pretrained:

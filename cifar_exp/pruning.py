@@ -2,7 +2,9 @@
 training when the study's pruner says so, and mark the MLflow run and the trial.
 
 `build_trial_callback(cfg, tracker)` returns None unless the sweeper handed this job a
-trial through `cfg.optuna_trial` (storage, study_name, number, trial_id, monitor).
+trial through `cfg.optuna_trial` (storage, study_name, number, trial_id, monitor). A monitored
+key Keras does not log fails the job at its first epoch and tells the sweeper to stop: pruning
+would otherwise be silently off for every trial.
 """
 from __future__ import annotations
 
@@ -24,16 +26,32 @@ def monitor_key(cfg) -> str:
     return f"val_{base}"
 
 
-class TrialReporter:
-    """Keras-free core of the callback: `epoch_end` reports and answers "stop now?"."""
+def monitor_setting(cfg) -> str:
+    """The config key that chose the monitored metric, for error messages."""
+    return "hydra.sweeper.monitor" if cfg.optuna_trial.get("monitor") else "optimized_metric"
 
-    def __init__(self, trial, key: str, tracker):
-        self.trial, self.key, self.tracker = trial, key, tracker
+
+class TrialReporter:
+    """Keras-free core of the callback: `epoch_end` reports and answers "stop now?".
+
+    Raises ConfigError (naming `setting`, the key and the keys that exist) at an epoch whose logs
+    lack the monitored key, after marking the trial so the sweeper stops the sweep.
+    """
+
+    def __init__(self, trial, key: str, tracker, setting: str = "hydra.sweeper.monitor"):
+        self.trial, self.key, self.tracker, self.setting = trial, key, tracker, setting
         self.pruned = False
 
     def epoch_end(self, epoch: int, logs: dict) -> bool:
         value = _lookup(logs, self.key)
-        if value is None or not math.isfinite(value):
+        if value is None:
+            from cifar_exp.sweeper._optuna import SWEEP_ERROR_ATTR
+
+            error = ConfigError(self.setting, self.key, "a key Keras logs each epoch: " + ", ".join(sorted(logs)))
+            self.trial.set_user_attr(SWEEP_ERROR_ATTR, {"key": error.key, "value": error.value,
+                                                        "allowed": error.allowed})
+            raise error
+        if not math.isfinite(value):
             return False  # nothing to report; FailOnNonFiniteLoss handles divergence
         step = epoch + 1  # epochs are 1-based, like the MLflow metric steps
         self.trial.report(value, step)
@@ -86,7 +104,7 @@ def build_trial_callback(cfg, tracker):
     trial = open_trial(coordinates)
     tracker.set_tags({"optuna.study": str(coordinates.study_name), "optuna.trial": str(coordinates.number)})
     trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
-    reporter = TrialReporter(trial, monitor_key(cfg), tracker)
+    reporter = TrialReporter(trial, monitor_key(cfg), tracker, monitor_setting(cfg))
 
     class OptunaPruning(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

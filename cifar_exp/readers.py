@@ -252,14 +252,21 @@ def _check_class_names(found, expected, where: str) -> None:
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Only what a CIFAR batch needs (a dict of numpy arrays, lists and bytes): no code execution."""
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+    """Only what a CIFAR batch needs (a dict of numpy arrays, numpy scalars, lists, bytes and str),
+    as pickled at protocols 2-5 by numpy 1.x (`numpy.core`) or 2.x (`numpy._core`): no code execution."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+        (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+        for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),  # arrays, scalars
+                             ("numeric", "_frombuffer"))}  # arrays at protocol 5
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        raise _Refused(f"{module}.{name}")
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global outside _BatchUnpickler.ALLOWED: a well-formed pickle, just not a CIFAR batch."""
 
 
 def _unpickle(tree: Tree, name: str) -> dict:
@@ -267,6 +274,9 @@ def _unpickle(tree: Tree, name: str) -> dict:
         obj = _BatchUnpickler(io.BytesIO(tree.read(name)), encoding="bytes").load()
     except DataError:
         raise
+    except _Refused as err:
+        raise DataError(f"{tree.label(name)}: holds a {err} object; a CIFAR-10 batch is a dict of numpy arrays, "
+                        "numbers, lists, bytes and str, and nothing else is unpickled (it could run code)") from None
     except Exception as err:  # pickle raises many types on truncated input
         raise DataError(f"{tree.label(name)}: truncated or corrupt, expected a pickled CIFAR-10 batch "
                         f"({type(err).__name__}: {err})") from err

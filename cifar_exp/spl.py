@@ -246,6 +246,7 @@ def split_targets(y_true):
     return y_true, None
 
 
+@keras.saving.register_keras_serializable(package="cifar_exp")
 class PerSampleLossRecorder(keras.metrics.Metric):
     """Each training sample's unweighted cross-entropy in training, by index, since the last take().
 
@@ -292,7 +293,11 @@ class PerSampleLossRecorder(keras.metrics.Metric):
         visited = visits > 0
         return np.where(visited, sums / np.maximum(visits, 1.0), np.nan).astype(np.float32), visited
 
+    def get_config(self):
+        return {**super().get_config(), "num_samples": self.num_samples}
 
+
+@keras.saving.register_keras_serializable(package="cifar_exp")
 class LabelColumnLoss(keras.losses.Loss):
     """The wrapped loss, on the label column of (label, index) targets."""
 
@@ -303,7 +308,15 @@ class LabelColumnLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         return self.inner.call(split_targets(y_true)[0], y_pred)
 
+    def get_config(self):
+        return {"inner": keras.saving.serialize_keras_object(self.inner)}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["inner"]))
+
+
+@keras.saving.register_keras_serializable(package="cifar_exp")
 class LabelColumnMetric(keras.metrics.Metric):
     """The wrapped metric, on the label column of (label, index) targets."""
 
@@ -319,6 +332,13 @@ class LabelColumnMetric(keras.metrics.Metric):
 
     def reset_state(self):
         self.inner.reset_state()
+
+    def get_config(self):
+        return {"inner": keras.saving.serialize_keras_object(self.inner)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["inner"]))
 
 
 def _as_metric(metric) -> keras.metrics.Metric:

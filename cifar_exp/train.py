@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from cifar_exp import augment, plots
 from cifar_exp.data import DataSplits, load_dataset
-from cifar_exp.distribute import build_strategy
+from cifar_exp.distribute import build_strategy, inference_batch_size
 from cifar_exp.initializers import apply_init, apply_l2
 from cifar_exp.losses import build_loss
 from cifar_exp.metrics import ConfusionAccuracy
@@ -38,9 +38,10 @@ class TrainBatches(keras.utils.PyDataset):
     learning can change them in place between epochs without rebuilding the pipeline.
     """
 
-    def __init__(self, x, y, sample_weights, batch_size: int, seed: int, first_epoch: int = 0):
+    def __init__(self, x, y, sample_weights, batch_size: int, seed: int, first_epoch: int = 0, replicas: int = 1):
         super().__init__()
         self.x, self.y, self.sample_weights, self.batch_size = x, y, sample_weights, batch_size
+        self.replicas = replicas
         self.seed, self.epoch = seed, first_epoch
         self.order = self._permutation()
 
@@ -49,7 +50,14 @@ class TrainBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.y))
 
     def __len__(self):
-        return math.ceil(len(self.y) / self.batch_size)
+        return self.count(len(self.y), self.batch_size, self.replicas)
+
+    @staticmethod
+    def count(n: int, batch_size: int, replicas: int = 1) -> int:
+        """Batches per epoch. A last batch smaller than the replica count would leave a replica empty
+        (TensorFlow rejects that), so it is dropped: < `replicas` samples, different ones each epoch."""
+        full, rest = divmod(n, batch_size)
+        return full + (rest >= replicas)
 
     def __getitem__(self, index):
         idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
@@ -208,17 +216,20 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
                       "data.n_val": 0 if data.y_val is None else len(data.y_val),
                       "data.eval_split": data.eval_split})
     epochs, batch_size = cfg.trainer.epochs, cfg.trainer.batch_size
-    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
 
     first_epoch = Checkpoint.finished_epochs(checkpoint_dir)
     # First: a multi-worker strategy must configure TensorFlow before anything starts its runtime.
     strategy = build_strategy(cfg.trainer.strategy)
+    replicas = strategy.num_replicas_in_sync
+    steps_per_epoch = TrainBatches.count(len(data.y_train), batch_size, replicas)
     # Images as arrays on the host, or as indices into a copy resident on the accelerator.
     feed = build_feed(cfg.trainer.data_on_device, data)
     # Self-paced learning rewrites these per-sample weights before each epoch (None: plain training).
     sample_weights = np.ones(len(data.y_train), dtype="float32")
     spl = build_spl_callback(cfg.weighting, x_train=feed.train, y_train=data.y_train,
-                             sample_weights=sample_weights, batch_size=batch_size, class_names=data.class_names,
+                             sample_weights=sample_weights,
+                             batch_size=inference_batch_size(len(data.y_train), batch_size, replicas),
+                             class_names=data.class_names,
                              tracker=tracker, noisy_mask=data.info.get("noisy_mask"),
                              checkpoint_dir=checkpoint_dir, first_epoch=first_epoch)
 
@@ -238,7 +249,8 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
                       jit_compile=cfg.trainer.jit_compile)
 
     targets = data.y_train if spl is None else spl.targets
-    batches = TrainBatches(feed.train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch)
+    batches = TrainBatches(feed.train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch,
+                           replicas=replicas)
     eval_x, eval_y = (feed.val, data.y_val) if data.eval_split == "val" else (feed.test, data.y_test)
     logger = EpochLogger(tracker, data.eval_split, checkpoint_dir, first_epoch)
     callbacks = [] if spl is None else [spl]
@@ -255,13 +267,15 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
 
     # shuffle=False: TrainBatches shuffles by (seed, epoch); Keras' own shuffle of batch order
     # draws from Python's global RNG, which a resumed job could not reproduce.
-    model.fit(batches, epochs=epochs, validation_data=(eval_x, eval_y), validation_batch_size=batch_size,
+    model.fit(batches, epochs=epochs, validation_data=(eval_x, eval_y),
+              validation_batch_size=inference_batch_size(len(eval_y), batch_size, replicas),
               callbacks=callbacks, verbose=progress_verbosity(cfg.trainer.verbose), shuffle=False)
 
-    final = _final_test_metrics(model, feed, data, logger, batch_size)
+    test_batch_size = inference_batch_size(len(data.y_test), batch_size, replicas)
+    final = _final_test_metrics(model, feed, data, logger, test_batch_size)
     if data.eval_split != "test":  # otherwise the last epoch already logged these values
         tracker.log_metrics(final, step=len(logger.epochs))
-    _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, batch_size, accuracy.matrix())
+    _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, test_batch_size, accuracy.matrix())
     # Sweepers may optimise the last validation metrics (already logged per epoch).
     final.update({key: values[-1] for key, values in logger.history.items() if key.startswith("val_")})
     return final

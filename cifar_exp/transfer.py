@@ -134,6 +134,11 @@ def lenet_input_shape(cfg) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------------------------
 # Layers and models
 
+def register_layers() -> None:
+    """Make ResizeImages known to Keras' loader (saved.py); defining it registers it."""
+    _layers()
+
+
 @functools.cache
 def _layers():
     """The layer class, defined on first use so that importing this module does not import Keras."""

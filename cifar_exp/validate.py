@@ -1,5 +1,8 @@
-"""Every check a config must pass before any data is loaded or any model is built."""
+"""Every check a config must pass before any data is loaded or any model is built: `validate` reads
+the config alone; `check_devices` also asks the backend which devices the job will run on."""
 from __future__ import annotations
+
+import logging
 
 from omegaconf import OmegaConf
 
@@ -13,6 +16,7 @@ from cifar_exp.optim import check_optimizer, check_schedule
 from cifar_exp.transfer import check_transfer
 from cifar_exp.weighting import check_weighting
 
+log = logging.getLogger(__name__)
 TASKS = ("classify", "kfold_poly", "transfer")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 FINAL_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
@@ -75,3 +79,27 @@ def validate(cfg) -> None:
                               f"values of the right types ({type(error).__name__}: {error})") from None
     if cfg.task == "transfer":
         check_transfer(cfg)
+
+
+def check_devices(cfg) -> None:
+    """The checks that depend on this machine's devices; call it once the job really runs, before its
+    MLflow run is opened (it imports the Keras backend, which `validate` does not).
+
+    Raises ConfigError when trainer.batch_size (or transfer.pretrain.batch_size) does not split evenly
+    across the replicas of trainer.strategy; warns when mixed_float16 will run on a CPU.
+    """
+    if cfg.task == "kfold_poly":  # numpy only: no devices involved
+        return
+    from cifar_exp.distribute import check_batch_size, replicas_in_sync
+    from cifar_exp.resident import has_accelerator
+
+    strategy = cfg.trainer.strategy
+    replicas = replicas_in_sync(strategy)
+    check_batch_size("trainer.batch_size", cfg.trainer.batch_size, replicas, strategy)
+    if cfg.task == "transfer" and cfg.transfer.pretrained:
+        check_batch_size("transfer.pretrain.batch_size", cfg.transfer.pretrain.batch_size, replicas, strategy)
+    if cfg.trainer.precision == "mixed_float16" and not has_accelerator():
+        # CPUs have no float16 arithmetic units: every op is emulated (issue 13: ~50x slower than float32).
+        log.warning("trainer.precision=mixed_float16 on a machine without a GPU: CPUs emulate float16, which "
+                    "makes training many times slower than float32; use trainer.precision=float32 (or "
+                    "mixed_bfloat16 on CPUs that support bfloat16)")

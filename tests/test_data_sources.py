@@ -74,22 +74,27 @@ def zip_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
-def write_cifar_python(root: Path, a, labels=None) -> Path:
+def write_cifar_python(root: Path, a, labels=None, protocol=2, keys="bytes", label_type="int") -> Path:
     """cifar-10-batches-py/: five training batches and a test batch, each a pickled dict with bytes
-    keys and a (N, 3072) uint8 array of R, G, B planes, plus batches.meta."""
+    keys and a (N, 3072) uint8 array of R, G, B planes, plus batches.meta. The official files are
+    protocol 2 with bytes keys and labels a list of ints; users' own Python 3 code writes other
+    `protocol`s, str `keys`, and labels as numpy ints (`label_type="numpy"`) or an array ("array")."""
+    as_labels = {"int": lambda y: [int(v) for v in y], "numpy": lambda y: list(y.astype(np.int64)),
+                 "array": lambda y: y.astype(np.int64)}[label_type]
+    key = (lambda k: k.encode()) if keys == "bytes" else (lambda k: k)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     train = np.array_split(np.arange(len(a["y_train"])), 5)
     batches = [(f"data_batch_{i + 1}", a["x_train"][idx], a["y_train"][idx]) for i, idx in enumerate(train)]
     batches.append(("test_batch", a["x_test"], a["y_test"]))
     for name, x, y in batches:
-        d = {b"batch_label": name.encode(), b"labels": [int(v) for v in y],
-             b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1),
-             b"filenames": [f"img_{i}.png".encode() for i in range(len(x))]}
-        (folder / name).write_bytes(pickle.dumps(d, protocol=2))
-    meta = {b"num_cases_per_batch": len(train[0]), b"num_vis": 3072,
-            b"label_names": [c.encode() for c in (labels or CIFAR10_CLASSES)]}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+        d = {key("batch_label"): name.encode(), key("labels"): as_labels(y),
+             key("data"): x.transpose(0, 3, 1, 2).reshape(len(x), -1),
+             key("filenames"): [f"img_{i}.png".encode() for i in range(len(x))]}
+        (folder / name).write_bytes(pickle.dumps(d, protocol=protocol))
+    meta = {key("num_cases_per_batch"): len(train[0]), key("num_vis"): 3072,
+            key("label_names"): [key(c) for c in (labels or CIFAR10_CLASSES)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
     (folder / "readme.html").write_text("<html></html>")
     return folder
 
@@ -173,6 +178,25 @@ def test_every_cifar10_layout_loads_identical_arrays(tmp_path, cifar, layout):
     assert_same(data, cifar)
     assert data.class_names == CIFAR10_CLASSES and data.image_shape == (32, 32, 3)
     assert data.info["source"] == str(path) and len(data.info["sha256"]) == 64
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("keys, label_type", [("bytes", "int"), ("str", "numpy"), ("bytes", "array")])
+def test_python_batches_written_by_users_own_python_3_code_load(tmp_path, cifar, protocol, keys, label_type):
+    path = write_cifar_python(tmp_path, cifar, protocol=protocol, keys=keys, label_type=label_type)
+    assert_same(load_dataset(dataset_cfg("cifar10", path, tmp_path / "cache"), seed=0), cifar)
+
+
+def test_a_python_batch_holding_other_objects_is_refused_but_not_called_corrupt(tmp_path, cifar):
+    import collections
+
+    path = write_cifar_python(tmp_path, cifar)
+    d = pickle.loads((path / "data_batch_4").read_bytes(), encoding="bytes")
+    d[b"labels"] = collections.deque(d[b"labels"])
+    (path / "data_batch_4").write_bytes(pickle.dumps(d, protocol=4))
+    with pytest.raises(DataError, match=r"data_batch_4: holds a collections\.deque object") as caught:
+        load_dataset(dataset_cfg("cifar10", path, tmp_path / "cache"), seed=0)
+    assert "corrupt" not in str(caught.value)
 
 
 def test_jpeg_image_folder_loads_what_pillow_decodes_in_official_order(tmp_path, cifar):

@@ -232,6 +232,100 @@ def test_config_errors_come_before_any_trial():
         _sweeper(n_trials=0)
 
 
+def test_probe_points_span_each_parameter_low_middle_high():
+    space = oh.parse_search_space(["optimizer.lr=tag(log, interval(1e-4, 1))", "trainer.batch_size=range(32, 161, 32)",
+                                   "model=choice(lenet, simple_cnn, alexnet)", "seed=0"])
+    low, middle, high = oh.probe_points(space)
+    assert low == {"optimizer.lr": 1e-4, "trainer.batch_size": 32, "model": "lenet"}
+    assert middle["optimizer.lr"] == pytest.approx(1e-2) and middle["trainer.batch_size"] == 96
+    assert high == {"optimizer.lr": 1.0, "trainer.batch_size": 160, "model": "alexnet"}
+    assert oh.probe_points(oh.parse_search_space(["seed=0"])) == [{}]
+    described = {key: oh.describe(dist) for key, dist in space.distributions.items()}
+    assert described == {"optimizer.lr": "tag(log, interval(0.0001, 1.0))", "trainer.batch_size": "32..160 step 32",
+                         "model": "choice(lenet, simple_cnn, alexnet)"}
+
+
+def test_a_config_error_at_every_end_of_the_space_fails_the_sweep_and_at_some_warns(caplog):
+    import logging
+    import types
+
+    from conftest import compose
+
+    sweeper = _sweeper()
+    sweeper.config = None
+    sweeper.hydra_context = types.SimpleNamespace(config_loader=types.SimpleNamespace(
+        load_sweep_config=lambda master, overrides: compose(overrides)))
+    with pytest.raises(ConfigError, match="optimizer.lr=-2.0"):
+        sweeper._check_shared_config(oh.parse_search_space(["optimizer.lr=interval(-2, -1)", "dataset=synthetic"]))
+    with pytest.raises(ConfigError, match="trainer.epochs=0"):
+        sweeper._check_shared_config(oh.parse_search_space(["optimizer.lr=interval(0.1, 1)", "trainer.epochs=0"]))
+    with caplog.at_level(logging.WARNING):
+        sweeper._check_shared_config(oh.parse_search_space(["optimizer.lr=interval(-1, 1)", "dataset=synthetic"]))
+    assert "Trials near {'optimizer.lr': -1.0} will fail: Invalid config: optimizer.lr=-1.0" in caplog.text
+    assert "Trials near {'optimizer.lr': 0.0}" in caplog.text and "{'optimizer.lr': 1.0}" not in caplog.text
+
+
+def _opened(tmp_path, overrides, **settings):
+    sweeper = _sweeper(**settings)
+    sweeper.sweep_dir, sweeper.config = str(tmp_path), OmegaConf.create({"optimized_metric": "val_accuracy"})
+    return sweeper._open_study(oh.parse_search_space(overrides))
+
+
+LR = ["optimizer.lr=tag(log, interval(1e-4, 1))", "dataset=synthetic", "mlflow.tracking_uri=sqlite:///a.db"]
+
+
+@pytest.mark.parametrize("rerun, key, old, new", [
+    (["optimizer.lr=choice(0.01,0.1)", *LR[1:]], "optimizer.lr", "tag(log, interval(0.0001, 1.0))",
+     "choice(0.01, 0.1)"),
+    ([*LR, "model.kernel_l2=interval(0, 1)"], "model.kernel_l2", "not searched", "interval(0.0, 1.0)"),
+    ([*LR, "trainer.epochs=2"], "trainer.epochs", "not set", "trainer.epochs=2"),
+    ([LR[0], "dataset=cifar10", LR[2]], "dataset", "dataset=synthetic", "dataset=cifar10"),
+])
+def test_a_rerun_with_other_settings_is_refused_before_any_trial(tmp_path, rerun, key, old, new):
+    from optuna.trial import TrialState
+
+    study = _opened(tmp_path, LR)
+    trial = study.ask()
+    trial.suggest_float("optimizer.lr", 1e-4, 1, log=True)
+    study.tell(trial, 0.5)
+    with pytest.raises(ConfigError, match="hydra.sweeper.study_name") as caught:
+        _opened(tmp_path, rerun)
+    assert (caught.value.key, caught.value.value) == (key, new) and caught.value.allowed.startswith(old)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]  # nothing asked, nothing left RUNNING
+    # Where results are logged, and the trial count, may change; a study from before settings were
+    # stored is checked against its trials' distributions.
+    _opened(tmp_path, [*LR[:2], "mlflow.tracking_uri=sqlite:///b.db"], n_trials=9)
+    study._storage.set_study_user_attr(study._study_id, oh.SETTINGS_ATTR, None)
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        _opened(tmp_path, ["optimizer.lr=choice(0.01,0.1)"])
+
+
+def test_a_rerun_with_another_metric_or_monitor_is_refused(tmp_path):
+    _opened(tmp_path, LR)
+    with pytest.raises(ConfigError, match="hydra.sweeper.monitor='val_loss'"):
+        _opened(tmp_path, LR, monitor="val_loss")
+
+
+def test_a_monitored_key_keras_does_not_log_stops_the_job_and_the_sweep(tmp_path, fake_tracker):
+    from optuna.trial import TrialState
+
+    study, location = _study(tmp_path)
+    asked = study.ask()
+    coordinates = OmegaConf.create({"storage": location, "study_name": "s", "number": asked.number,
+                                    "trial_id": asked._trial_id, "monitor": "val_acc"})
+    reporter = pruning.TrialReporter(pruning.open_trial(coordinates), "val_acc", fake_tracker)
+    logs = {"loss": 2.0, "accuracy": 0.2, "val_loss": 2.1, "val_accuracy": 0.1}
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.monitor='val_acc'. Allowed: a key Keras logs each "
+                                          r"epoch: accuracy, loss, val_accuracy, val_loss"):
+        reporter.epoch_end(0, logs)
+    study.tell(asked, state=TrialState.FAIL)
+    sweeper = _sweeper()
+    sweeper.sweep_dir, sweeper.location = str(tmp_path), location
+    with pytest.raises(ConfigError, match="val_acc"):
+        sweeper._stop_on_shared_error(study, [asked])
+    assert OmegaConf.load(tmp_path / "optimization_results.yaml").n_trials == {"fail": 1}
+
+
 # ----------------------------------------------------------------------- config
 
 
@@ -256,6 +350,8 @@ def test_hparams_search_files_choose_this_sweeper_and_a_search_space(search, key
     assert cfg.dataset.val_fraction > 0  # tuned on a validation split, not on test
     space = oh.parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
     assert space.distributions  # the grammar parses
+    if search == "spl_optuna":  # a scheme whose fields it searches, not weighting=none
+        assert cfg.weighting.name == "mixture" and {"age", "mu", "gamma"} <= set(cfg.weighting)
 
 
 def test_comparison_presets_set_their_own_sweep():
@@ -330,12 +426,15 @@ def test_the_median_pruner_stops_a_trial_built_to_be_bad(tmp_path):
     args = ["--multirun", "hydra/sweeper=cifar_exp_optuna", *SMOKE, "trainer.epochs=3",
             f"mlflow.tracking_uri={tracking_uri(tmp_path)}", f"hydra.sweep.dir={sweep}",
             "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=2"]
-    good = run_cli([*args, "init=he_uniform", "hydra.sweeper.n_trials=1"], cwd=tmp_path)
-    assert good.returncode == 0, good.stderr[-3000:]
-    bad = run_cli([*args, "init=zeros", "hydra.sweeper.n_trials=2"], cwd=tmp_path)  # chance accuracy
+    # One study, one search space: the grid's order under seed 1 runs the good init first, then
+    # zeros (chance accuracy). (The study cannot be resumed with another fixed init: a study
+    # refuses a rerun whose settings differ, so both inits are grid points.)
+    bad = run_cli([*args, "hydra/sweeper/sampler=grid", "hydra.sweeper.seed=1", "init=choice(he_uniform,zeros)",
+                   "hydra.sweeper.n_trials=2"], cwd=tmp_path)
     assert bad.returncode == 0, bad.stderr[-3000:]
 
     trials = _study_in(sweep, oh.DEFAULT_STUDY_NAME).trials
+    assert [t.params["init"] for t in trials] == ["he_uniform", "zeros"]
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED], bad.stdout[-3000:]
     assert trials[1].user_attrs[oh.PRUNED_ATTR] == 2 and sorted(trials[1].intermediate_values) == [1, 2]
     client, runs = all_runs(tracking_uri(tmp_path))
@@ -343,3 +442,60 @@ def test_the_median_pruner_stops_a_trial_built_to_be_bad(tmp_path):
     assert pruned.data.tags["optuna.pruned"] == "true"
     assert [m.step for m in client.get_metric_history(pruned.info.run_id, "loss")] == [1, 2]  # not 3 epochs
     assert OmegaConf.load(sweep / "optimization_results.yaml").n_trials == {"complete": 1, "pruned": 1}
+
+
+@pytest.mark.slow
+def test_a_config_error_every_trial_shares_fails_once_before_any_trial(tmp_path):
+    uri = tracking_uri(tmp_path)
+    for overrides, message in [
+        (["weighting=mixture", "trainer.epochs=1", "hydra.sweeper.n_trials=3"],
+         "Error: Invalid config: weighting.warmup_epochs=1. Allowed: fewer than trainer.epochs=1."),
+        (["weighting=hard"], "Error: Invalid config: weighting.gamma='0.1'. Allowed: a key the composed config has"),
+    ]:
+        result = run_cli(["hparams_search=spl_optuna", "dataset=synthetic", f"mlflow.tracking_uri={uri}",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides], cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-3000:]
+        assert "Traceback" not in result.stderr and "Trial" not in result.stdout + result.stderr
+        assert not (tmp_path / "sweep" / oh.JOURNAL_FILE).exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_monitored_metric_that_does_not_exist_stops_the_sweep_at_the_first_epoch(tmp_path):
+    from optuna.trial import TrialState
+
+    sweep = tmp_path / "sweep"
+    result = run_cli(["hparams_search=lr_optuna", *FAST_TRIALS, "trainer.epochs=2", "hydra.sweeper.n_trials=2",
+                      "hydra.sweeper.monitor=val_acc", f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert ("Error: Invalid config: hydra.sweeper.monitor='val_acc'. Allowed: a key Keras logs each epoch: "
+            "accuracy, loss, val_accuracy, val_loss") in result.stderr, result.stderr[-3000:]
+    trials = _study_in(sweep, "lr_optuna").trials
+    assert [t.state for t in trials] == [TrialState.FAIL]  # the second trial never started
+    _, runs = all_runs(tracking_uri(tmp_path))
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_a_resumed_study_with_another_search_space_or_config_says_so_and_leaves_no_trial_running(tmp_path):
+    from optuna.trial import TrialState
+
+    sweep = tmp_path / "sweep"
+    args = ["hparams_search=lr_optuna", *FAST_TRIALS, f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
+            f"hydra.sweep.dir={sweep}"]
+    first = run_cli([*args, "hydra.sweeper.n_trials=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for rerun, message in [
+        (["hydra.sweeper.n_trials=2", "optimizer.lr=choice(0.01,0.1)"],
+         "Error: Invalid config: optimizer.lr='choice(0.01, 0.1)'. Allowed: tag(log, interval(0.0001, 1.0)), "
+         "as in the existing study 'lr_optuna'"),
+        (["hydra.sweeper.n_trials=1", "trainer.epochs=2"],
+         "Error: Invalid config: trainer.epochs='trainer.epochs=2'. Allowed: trainer.epochs=1, as in the existing"),
+    ]:
+        result = run_cli([*args, *rerun], cwd=tmp_path)
+        assert result.returncode == 2
+        assert message in result.stderr and "hydra.sweeper.study_name" in result.stderr, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        assert [t.state for t in _study_in(sweep, "lr_optuna").trials] == [TrialState.COMPLETE]

@@ -2,9 +2,13 @@
 tell Optuna what came back, until the study holds `n_trials` trials; then write
 `optimization_results.yaml` in the sweep dir.
 
+Before any trial, the config every trial shares is composed and validated (at the low, middle
+and high ends of the search space), so a mistake they all share fails once, not n_trials times.
 A rerun resumes: finished trials count towards `n_trials`, and trials a dead sweeper left
-RUNNING are failed and queued again. Jobs report epochs to their trial themselves
-(cifar_exp.pruning); a job that was pruned says so in a trial user attr.
+RUNNING are failed and queued again; a rerun whose settings (direction, metrics, search space,
+fixed overrides) differ from the study's is refused before it asks for a trial. Jobs report epochs
+to their trial themselves (cifar_exp.pruning); a job that was pruned says so in a trial user attr,
+and one whose monitored metric does not exist stops the sweep the same way.
 """
 from __future__ import annotations
 
@@ -74,6 +78,7 @@ class OptunaSweeperImpl(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         space = oh.parse_search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        self._check_shared_config(space)
         study = self._open_study(space)
         target = self.n_trials
         grid = space.grid() if self.sampler_spec["name"] == "grid" else None
@@ -100,6 +105,7 @@ class OptunaSweeperImpl(Sweeper):
                 self._in_flight = set()
             for trial, ret in zip(trials, returns):
                 failed += not self._tell(study, trial, ret)
+            self._stop_on_shared_error(study, trials)
             launched += len(trials)
             if failed / launched > self.max_failure_rate:
                 self._write_results(study)
@@ -125,7 +131,8 @@ class OptunaSweeperImpl(Sweeper):
         if study.direction.name.lower() != self.direction:
             raise ConfigError("hydra.sweeper.direction", self.direction,
                               f"{study.direction.name.lower()}, the direction of the existing study "
-                              f"{study.study_name!r} (or a new study_name)")
+                              f"{study.study_name!r} (or a new hydra.sweeper.study_name)")
+        self._check_settings(study, space)
         existing = len(study.get_trials(deepcopy=False))
         # A resumed study must not replay the random draws of its first run.
         seed = None if self.seed is None else self.seed + existing
@@ -137,6 +144,60 @@ class OptunaSweeperImpl(Sweeper):
                  (self.pruner_spec or {}).get("name", "none"), self.direction)
         log.info("Search space: %s", space.distributions or "(none: replicates of the fixed config)")
         return study
+
+    def _check_shared_config(self, space: oh.SearchSpace) -> None:
+        """Compose and validate the config of trials at the low, middle and high ends of the search
+        space. Failing at all three, the error is one every trial shares: raise it before any trial
+        runs. Failing at some, a region of the space is invalid: warn (those trials will fail)."""
+        from hydra.errors import HydraException
+
+        from cifar_exp.job import find_data
+        from cifar_exp.readers import DataError
+        from cifar_exp.validate import validate
+
+        failures = []
+        points = oh.probe_points(space)
+        for params in points:
+            try:
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, space.overrides(params))
+                validate(cfg)
+                if cfg.task != "kfold_poly":
+                    find_data(cfg.dataset)
+            except (ConfigError, DataError) as error:
+                failures.append((params, error))
+            except HydraException as error:  # an override the composed config cannot take
+                failures.append((params, _composition_error(error, space.overrides(params))))
+        if len(failures) == len(points):
+            raise failures[0][1]
+        for params, error in failures:
+            log.warning("Trials near %s will fail: %s", params, error)
+
+    def _check_settings(self, study, space: oh.SearchSpace) -> None:
+        """A resumed study runs the same experiment: refuse a rerun whose direction, metrics, search
+        space or fixed overrides differ, before a trial is asked (Optuna would fail on a changed
+        distribution mid-ask and leave the trial RUNNING; other changes would mix experiments)."""
+        settings = oh.study_settings(space, self.direction, str(self.config.get("optimized_metric")), self.monitor)
+        stored = study.user_attrs.get(oh.SETTINGS_ATTR)
+        trials = study.get_trials(deepcopy=False)
+        if stored is None and trials:  # a study from before settings were stored: its trials' space
+            stored = {"search_space": oh.space_of_trials(trials), "fixed_overrides": settings["fixed_overrides"]}
+        change = None if stored is None else oh.settings_change(stored, settings)
+        if change is not None:
+            key, before, after = change
+            raise ConfigError(key, after, f"{before}, as in the existing study {study.study_name!r} "
+                              f"({mask_secrets(self.location)}); for other settings start a new study with "
+                              "another hydra.sweeper.study_name (or hydra.sweep.dir)")
+        if study.user_attrs.get(oh.SETTINGS_ATTR) != settings:
+            study.set_user_attr(oh.SETTINGS_ATTR, settings)
+
+    def _stop_on_shared_error(self, study, trials) -> None:
+        """A job found a config error every trial shares (a monitored metric Keras does not log):
+        stop the sweep rather than fail the remaining trials one by one."""
+        for trial in trials:
+            error = study._storage.get_trial(trial._trial_id).user_attrs.get(oh.SWEEP_ERROR_ATTR)
+            if error:
+                self._write_results(study)
+                raise ConfigError(error["key"], error["value"], error["allowed"])
 
     def _configure(self, study, trial, space: oh.SearchSpace) -> list[str]:
         """Sample the trial's parameters; its overrides, with the trial's coordinates."""
@@ -218,6 +279,21 @@ class OptunaSweeperImpl(Sweeper):
             log.warning("Study %r has no completed trial yet", study.study_name)
         Path(self.sweep_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), Path(self.sweep_dir, RESULTS_FILE))
+
+
+def _composition_error(error, overrides: list[str]) -> ConfigError:
+    """Hydra's composition error (several lines, the reason in its cause) as one ConfigError naming the
+    override it could not apply, e.g. weighting.gamma under weighting=hard, which has no gamma."""
+    import re
+
+    reason = str(error.__cause__ or error).splitlines()[0].strip()
+    found = re.search(r"override '([^']+)'", str(error))
+    if found is None:
+        return ConfigError("hydra.sweeper.params", " ".join(overrides), f"overrides Hydra can compose ({reason})")
+    key = found.group(1)
+    value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), None)
+    return ConfigError(key, value, f"a key the composed config has ({reason}): drop it from the search or "
+                       "choose the config group option it belongs to")
 
 
 def _counts(trial) -> bool:

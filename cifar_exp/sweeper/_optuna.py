@@ -23,6 +23,11 @@ PRUNED_ATTR = "pruned_at_epoch"  # trial user attr a job sets when it stops earl
 MLFLOW_RUN_ATTR = "mlflow_run_id"  # trial user attr: the job's MLflow run
 ORPHAN_ATTR = "orphaned"  # trial user attr: failed because its sweeper died
 NOT_RUN_ATTR = "not_run"  # trial user attr: failed before launch (why)
+SETTINGS_ATTR = "cifar_exp.settings"  # study user attr: what its trials share (study_settings)
+SWEEP_ERROR_ATTR = "cifar_exp.sweep_error"  # trial user attr: a job's config error every trial shares
+# Fixed overrides that do not change what a trial computes: a resumed study may differ in them.
+UNCOMPARED_KEYS = ("hydra", "mlflow", "sweep", "resume", "trainer.verbose", "trainer.checkpoint",
+                   "trainer.data_on_device")
 
 
 # ---------------------------------------------------------------------------- storage
@@ -199,6 +204,92 @@ def to_distribution(override):
     if not values:
         raise ConfigError(key, override.input_line, "a choice of at least one value")
     return CategoricalDistribution(values)
+
+
+def probe_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """Three parameter sets spanning the search space, to check the config every trial composes
+    before the first one runs: every parameter at its low end, its middle, its high end
+    (choices: the first, middle and last). Without parameters: one empty set."""
+    from optuna.distributions import CategoricalDistribution
+
+    points: list[dict[str, Any]] = [{}, {}, {}]
+    for key, dist in space.distributions.items():
+        if isinstance(dist, CategoricalDistribution):
+            values = [dist.choices[0], dist.choices[len(dist.choices) // 2], dist.choices[-1]]
+        else:
+            low, high = dist.low, dist.high
+            middle = math.sqrt(low * high) if dist.log else (low + high) / 2
+            if dist.step is not None:
+                middle = low + round((middle - low) / dist.step) * dist.step
+            values = [low, _tidy(middle, dist) if dist.step is not None else middle, high]
+        for point, value in zip(points, values):
+            point[key] = value
+    return points if space.distributions else [{}]
+
+
+def describe(dist) -> str:
+    """A distribution as the override grammar writes it, e.g. `tag(log, interval(0.0001, 1.0))`;
+    ranges as their first and last values."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return "choice(" + ", ".join(map(str, dist.choices)) + ")"
+    if dist.step is not None and not (isinstance(dist, IntDistribution) and dist.step == 1):
+        return f"{dist.low}..{dist.high} step {dist.step}"  # both ends included (Hydra's range excludes its stop)
+    text = f"interval({dist.low}, {dist.high})"
+    tags = [t for t, on in (("log", dist.log), ("int", isinstance(dist, IntDistribution))) if on]
+    return f"tag({', '.join(tags)}, {text})" if tags else text
+
+
+def study_settings(space: SearchSpace, direction: str, optimized_metric: str, monitor: str | None) -> dict:
+    """What every trial of a study shares and a resumed study must keep (JSON, a study user attr):
+    direction, optimised and monitored metric, search space, and the fixed overrides that change
+    what a trial computes (keyed by config key)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import distribution_to_json
+
+    fixed = {}
+    for override in OverridesParser.create().parse_overrides(space.fixed):
+        key = override.key_or_group + (f"@{override.package}" if override.package else "")
+        if not any(key == k or key.startswith(k + ".") for k in UNCOMPARED_KEYS):
+            fixed[key] = override.input_line
+    return {"direction": direction, "optimized_metric": optimized_metric, "monitor": monitor,
+            "search_space": {k: distribution_to_json(d) for k, d in space.distributions.items()},
+            "fixed_overrides": fixed}
+
+
+def settings_change(old: dict, new: dict) -> tuple[str, str, str] | None:
+    """The first difference between a study's stored settings and a rerun's, as (key, old, new)
+    in words, or None when they agree."""
+    from optuna.distributions import json_to_distribution
+
+    for name, key in (("direction", "hydra.sweeper.direction"), ("optimized_metric", "optimized_metric"),
+                      ("monitor", "hydra.sweeper.monitor")):
+        if name in old and old[name] != new[name]:
+            return key, str(old[name]), str(new[name])
+    old_space, new_space = old.get("search_space", {}), new["search_space"]
+    for key in sorted(set(old_space) | set(new_space)):
+        before = describe(json_to_distribution(old_space[key])) if key in old_space else "not searched"
+        after = describe(json_to_distribution(new_space[key])) if key in new_space else "not searched"
+        if before != after:
+            return key, before, after
+    old_fixed, new_fixed = old.get("fixed_overrides", {}), new["fixed_overrides"]
+    for key in sorted(set(old_fixed) | set(new_fixed)):
+        if old_fixed.get(key) != new_fixed.get(key):
+            return key, old_fixed.get(key, "not set"), new_fixed.get(key, "not set")
+    return None
+
+
+def space_of_trials(trials) -> dict:
+    """The search space (key -> distribution JSON) a study's earlier trials were sampled from: for a
+    study recorded before SETTINGS_ATTR existed."""
+    from optuna.distributions import distribution_to_json
+
+    space: dict = {}
+    for trial in trials:
+        for key, dist in trial.distributions.items():
+            space.setdefault(key, distribution_to_json(dist))
+    return space
 
 
 def format_value(value) -> str:

@@ -6,6 +6,7 @@ The class lives here, not in cifar_exp: Hydra instantiates only plugin classes d
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, List, Optional
 
 from hydra.plugins.sweeper import Sweeper
@@ -32,4 +33,13 @@ class OptunaSweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> None:
-        return self.sweeper.sweep(arguments)
+        from cifar_exp.errors import ConfigError
+        from cifar_exp.readers import DataError
+
+        try:
+            return self.sweeper.sweep(arguments)
+        except (ConfigError, DataError) as error:  # bad input: one line, as main() prints a job's
+            from cifar_exp.tracking import mask_secrets
+
+            print(f"Error: {mask_secrets(error)}", file=sys.stderr)
+            sys.exit(2)
