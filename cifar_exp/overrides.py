@@ -65,10 +65,8 @@ def parse(overrides: list[str]):
 
 
 def first_value(override) -> str:
-    """A group override with one option: the first of a sweep (`init=zeros,he_normal` -> zeros)."""
-    if override.is_sweep_override():
-        return next(iter(override.sweep_string_iterator()))
-    return override.value()
+    """The first option of a swept group (`init=zeros,he_normal` -> zeros)."""
+    return next(iter(override.sweep_string_iterator()))
 
 
 def check_keys(overrides: list[str], compose: Callable[[list[str]], dict],
