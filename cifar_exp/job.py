@@ -12,20 +12,21 @@ import math
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cifar_exp import tracking
+from cifar_exp import console, tracking
 from cifar_exp.distribute import is_chief
 from cifar_exp.errors import ConfigError
 from cifar_exp.readers import SPECS, DataError, locate
 from cifar_exp.validate import check_devices, validate
 
 log = logging.getLogger(__name__)
-HIDDEN_OVERRIDE_PREFIXES = ("hydra.", "mlflow.", "optuna_trial")
+HIDDEN_OVERRIDE_PREFIXES = ("hydra.", "mlflow.", "optuna_trial", "tags.")
 VERSIONED_PACKAGES = ("tensorflow", "keras", "jax", "mlflow", "optuna", "hydra-core", "numpy")
 
 
@@ -39,9 +40,11 @@ class JobContext:
     sweep_dir: str | None = None
     job_num: int | None = None
     multirun: bool = False
+    swept_keys: list[str] = field(default_factory=list)  # the keys a multirun varies
 
 
 def run_job(cfg, context: JobContext) -> float:
+    started = time.monotonic()
     tracking.mask_saved_configs(context.output_dir, context.multirun and context.sweep_dir)
     if not is_chief(cfg.trainer.strategy):  # decided before any MLflow call: only the chief logs
         return _run_as_worker(cfg, context)
@@ -57,6 +60,7 @@ def run_job(cfg, context: JobContext) -> float:
         experiment_id = tracking.experiment_id(client, cfg.mlflow.experiment_name)
         earlier = tracking.runs_with_tag(client, experiment_id, "config_hash", digest)
         resumed = run_to_resume(cfg, context, client, digest, earlier)
+        tags = dict(run_tags(cfg, context), config_hash=digest)  # refuses a clashing user tag
     except (ConfigError, DataError) as error:
         _write_status(context, "FAILED", error)
         if not context.multirun:
@@ -78,12 +82,15 @@ def run_job(cfg, context: JobContext) -> float:
         tracker = tracking.RunTracker.resume(client, run.info.run_id, context.output_dir)
         log.info("resuming run %s from %s", run.info.run_id, checkpoint_dir)
     else:
-        tags = dict(run_tags(cfg, context), config_hash=digest)
         tracker = tracking.RunTracker.start(client, cfg.mlflow.experiment_name, run_name(cfg, context), tags,
                                             context.output_dir)
         checkpoint_dir = str(Path(context.output_dir) / "checkpoint") if context.output_dir else None
     if not cfg.trainer.checkpoint:
         checkpoint_dir = None
+    page = console.share_runs_view(client, experiment_id, tracker.run_id, cfg.optimized_metric,
+                                   tags.get("sweep_id"), list(swept_values(context)))
+    log.info("%s", console.start_line(tracker.run_id, cfg.mlflow.experiment_name, cfg.mlflow.tracking_uri,
+                                      context.output_dir, page, resumed is not None))
     _write_status(context, "RUNNING", None, tracker.run_id)
     try:
         if resumed is None:
@@ -107,6 +114,7 @@ def run_job(cfg, context: JobContext) -> float:
         return math.nan
     tracker.finish("FINISHED")
     _write_status(context, "FINISHED", None, tracker.run_id, value)
+    log.info("%s", console.closing_line(tracker.run_id, metrics, cfg.optimized_metric, time.monotonic() - started))
     return value
 
 
@@ -168,7 +176,7 @@ def _run_as_worker(cfg, context: JobContext) -> float:
 
 
 # Keys that do not change what a job computes: a run differing only in them is the same job.
-CONFIG_HASH_IGNORES = ("resume", "sweep", "mlflow", "trainer.verbose", "trainer.checkpoint",
+CONFIG_HASH_IGNORES = ("resume", "sweep", "mlflow", "tags", "trainer.verbose", "trainer.checkpoint",
                        "trainer.data_on_device")
 # Keys added after runs were already recorded, with the value that means "as before": they
 # count only when set otherwise, so earlier runs keep their hash (and are skipped or resumed).
@@ -219,10 +227,24 @@ def run_to_resume(cfg, context: JobContext, client, digest: str, earlier):
 
 
 def run_name(cfg, context: JobContext) -> str:
+    """`mlflow.run_name`, else the overrides, the swept ones first: in the MLflow UI's table and
+    chart legends, what tells the runs of a sweep apart is then what shows."""
     if cfg.mlflow.run_name:
         return str(cfg.mlflow.run_name)
     shown = [o for o in context.overrides if not o.lstrip("+~").startswith(HIDDEN_OVERRIDE_PREFIXES)]
+    swept = swept_values(context)
+    shown = [f"{k}={v}" for k, v in swept.items()] + [o for o in shown if _override_key(o) not in swept]
     return tracking.mask_secrets(",".join(shown)) if shown else "defaults"
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def swept_values(context: JobContext) -> dict[str, str]:
+    """{key: this job's value} for the keys its multirun varies, in the sweep's order."""
+    values = {_override_key(o): o.split("=", 1)[1] for o in context.overrides if "=" in o}
+    return {key: values[key] for key in context.swept_keys if key in values and context.multirun}
 
 
 def run_tags(cfg, context: JobContext) -> dict[str, str]:
@@ -245,8 +267,29 @@ def run_tags(cfg, context: JobContext) -> dict[str, str]:
         tags["sweep_dir"] = str(context.sweep_dir)
         tags["sweep_id"] = sweep_id(context.sweep_dir)
         tags["job_num"] = str(context.job_num)
+    swept = swept_values(context)
+    if swept:  # columns to sort and group the sweep's runs by in the MLflow UI
+        tags["swept_keys"] = ",".join(swept)
+        tags.update({f"swept.{key}": value for key, value in swept.items()})
     tags.update(git_state())
-    return tags
+    return {**user_tags(cfg, tags), **tags}
+
+
+# Tags a job sets only in a multirun, or after it started: a user tag may not take their name.
+LATER_TAGS = ("sweep_id", "sweep_dir", "job_num", "swept_keys", "error", "failure_hint", "weights_sha256",
+              "config_hash")
+LATER_TAG_PREFIXES = ("mlflow.", "data.", "transfer.", "kfold.", "optuna.", "swept.", "choice.", "version.")
+
+
+def user_tags(cfg, job_tags: dict[str, str]) -> dict[str, str]:
+    """The `tags` config entries (`+tags.purpose=baseline`) as MLflow tags of the same name;
+    one the job sets itself is refused (ConfigError) rather than silently lost."""
+    given = tracking.flatten(OmegaConf.to_container(cfg.tags, resolve=True)) if cfg.get("tags") else {}
+    for name, value in given.items():
+        if name in job_tags or name in LATER_TAGS or name.startswith(LATER_TAG_PREFIXES):
+            raise ConfigError(f"tags.{name}", value, "a tag name the job does not set itself "
+                              f"(it sets {', '.join(sorted(job_tags)[:6])}, ... and mlflow.*)")
+    return given
 
 
 def sweep_id(sweep_dir: str) -> str:

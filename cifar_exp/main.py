@@ -4,6 +4,7 @@ The only module that touches Hydra's runtime state; the work is in job.run_job.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ CONFIG_DIR = str(_PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else 
 def main(cfg: DictConfig) -> float:
     from cifar_exp.errors import ConfigError
     from cifar_exp.job import JobContext, run_job
+    from cifar_exp.overrides import SWEPT_KEYS_ENV
     from cifar_exp.readers import DataError
 
     hydra_cfg = HydraConfig.get()
@@ -35,6 +37,7 @@ def main(cfg: DictConfig) -> float:
         sweep_dir=hydra_cfg.sweep.dir,
         job_num=hydra_cfg.job.get("num"),
         multirun=hydra_cfg.mode == RunMode.MULTIRUN,
+        swept_keys=[k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k],
     )
     try:
         return run_job(cfg, context)
@@ -50,7 +53,54 @@ def cli() -> None:
         from cifar_exp.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    from cifar_exp import overrides
+
+    sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
+    try:
+        check_command_line(sys.argv[1:])
+    except overrides.UnknownKeyError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+def check_command_line(args: list[str]) -> None:
+    """Refuse unknown keys before Hydra composes (its hint for them is to add them with `+`),
+    and hand a multirun's swept keys to its jobs (through the environment, which every
+    launcher passes on). Anything this cannot compose is left to Hydra to report."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from cifar_exp import overrides
+
+    parsed, _ = get_args_parser().parse_known_args(args)
+    os.environ.pop(overrides.SWEPT_KEYS_ENV, None)
+    if (parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion or parsed.experimental_rerun
+            or parsed.config_path or parsed.config_dir):  # help, or configs this cannot find as Hydra will
+        return
+    config_name = parsed.config_name or "config"
+    if CONFIG_DIR.startswith("pkg://"):
+        context = initialize_config_module(CONFIG_DIR[len("pkg://"):].replace("/", "."), version_base="1.3")
+    else:
+        context = initialize_config_dir(CONFIG_DIR, version_base="1.3")
+
+    def composed(group_overrides: list[str]) -> dict:
+        cfg = compose(config_name, overrides=group_overrides, return_hydra_config=True)
+        return OmegaConf.to_container(cfg, resolve=False)
+
+    with context:
+        loader = GlobalHydra.instance().config_loader()
+        try:
+            params = overrides.check_keys(parsed.overrides, composed, loader.get_group_options)
+            swept = overrides.swept_keys(parsed.overrides, params)
+        except overrides.UnknownKeyError:
+            raise
+        except Exception:  # bad syntax, an unknown option, ...: Hydra's own message says it
+            return
+    if swept:
+        os.environ[overrides.SWEPT_KEYS_ENV] = ",".join(swept)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from cifar_exp.errors import ConfigError
 _PASSWORD_IN_URL = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*\\?://[^/\s:@\\]+\\?:)(?P<secret>[^@\s/]+)(?P<tail>@)")
 log = logging.getLogger(__name__)
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+# MLflow 3's UI opens an experiment of unknown kind on its (empty) GenAI "Traces" page; this
+# kind opens it on its runs table (the values are the UI's ExperimentKind enum).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def mask_secrets(text: str) -> str:
@@ -140,7 +143,7 @@ def experiment_id(client, name: str) -> str:
 
         location = (Path(client.tracking_uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
     try:
-        return _retry(lambda: client.create_experiment(name, artifact_location=location))
+        return _retry(lambda: client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS))
     except MlflowException:  # a parallel job created it first
         return client.get_experiment_by_name(name).experiment_id
 

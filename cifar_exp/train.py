@@ -19,7 +19,7 @@ import numpy as np
 from keras import ops
 from omegaconf import OmegaConf
 
-from cifar_exp import augment, plots
+from cifar_exp import augment, console, plots
 from cifar_exp.data import DataSplits, load_dataset
 from cifar_exp.distribute import build_strategy, inference_batch_size
 from cifar_exp.initializers import apply_init, apply_l2
@@ -27,7 +27,7 @@ from cifar_exp.losses import build_loss
 from cifar_exp.metrics import ConfusionAccuracy
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_lr_schedule, build_optimizer
-from cifar_exp.resident import build_feed
+from cifar_exp.resident import build_feed, has_accelerator
 from cifar_exp.spl import build_spl_callback
 
 
@@ -163,9 +163,10 @@ def build_classifier(cfg, data: DataSplits, build_core=None):
 
 
 def progress_verbosity(setting) -> int:
-    """Keras' bar on a terminal, one line per epoch in logs and batch jobs."""
+    """Keras' verbosity: `auto` is its bar on a terminal and nothing otherwise, where
+    console.progress_callback's line per epoch (with elapsed time and ETA) stands instead."""
     if setting == "auto":
-        return 1 if sys.stdout.isatty() else 2
+        return 1 if sys.stdout.isatty() else 0
     return int(setting)
 
 
@@ -264,6 +265,9 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
 
         callbacks.append(build_trial_callback(cfg, tracker))
     callbacks += extra_callbacks
+    # First, so an epoch's line is out before a later callback stops the job in it.
+    callbacks.insert(0, console.progress_callback(epochs, data.eval_split, on_cpu=not has_accelerator(),
+                                                  print_epochs=cfg.trainer.verbose == "auto"))
 
     # shuffle=False: TrainBatches shuffles by (seed, epoch); Keras' own shuffle of batch order
     # draws from Python's global RNG, which a resumed job could not reproduce.

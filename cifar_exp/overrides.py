@@ -1,0 +1,127 @@
+"""The command line before Hydra sees it: `--multirun` anywhere, every override's key known.
+
+Hydra's struct mode refuses a plain unknown key with the hint to add it with `+`, and a
+`+key=value` is then accepted and ignored. Here each key is compared with the composed
+config's keys first, and a typo is refused with the nearest real key. Pure functions: main.py
+composes the configs they compare against.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Iterable
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+# Keys Hydra checks itself, the free-form run tags, and the key the Optuna sweeper sets per trial.
+UNCHECKED_PREFIXES = ("hydra.", "tags.", "optuna_trial.")
+# Environment variable through which the sweep's swept keys reach its jobs (any launcher).
+SWEPT_KEYS_ENV = "CIFAR_EXP_SWEPT_KEYS"
+
+
+class UnknownKeyError(ValueError):
+    """An override whose key is not part of the config; raised before anything runs."""
+
+    def __init__(self, key: str, override: str, nearest: str | None):
+        self.key, self.override, self.nearest = key, override, nearest
+        hint = (f"did you mean {nearest}?" if nearest
+                else "`--cfg job` with the same options prints every key")
+        super().__init__(f"Unknown config key {key} (in {override}): {hint}")
+
+
+def multirun_flag_first(args: list[str]) -> list[str]:
+    """`-m`/`--multirun` moved to the front: Hydra's argparse takes the overrides as one
+    positional list, so overrides written after the flag were 'unrecognized arguments'.
+    The flag takes no value, so moving it changes nothing else."""
+    return [a for a in args if a in MULTIRUN_FLAGS] + [a for a in args if a not in MULTIRUN_FLAGS]
+
+
+def config_paths(tree: dict, prefix: str = "") -> set[str]:
+    """Every dotted path of a nested dict, inner nodes included: {'a': {'b': 1}} -> {'a', 'a.b'}."""
+    paths = set()
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        paths.add(path)
+        if isinstance(value, dict):
+            paths |= config_paths(value, path + ".")
+    return paths
+
+
+def nearest_key(key: str, known: set[str]) -> str | None:
+    """The known key closest in spelling (difflib's ratio >= 0.6): a sibling when the parent
+    exists (`trainer.epoch` -> `trainer.epochs`), else any key (`trainr.epochs` -> `trainer.epochs`)."""
+    parent, _, leaf = key.rpartition(".")
+    if not parent or parent in known:
+        siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+        matches = difflib.get_close_matches(leaf, sorted(siblings), n=1, cutoff=0.6)
+        return siblings[matches[0]] if matches else None
+    matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def parse(overrides: list[str]):
+    """Hydra's own parse of override strings (raises OverrideParseException on bad syntax)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def first_value(override) -> str:
+    """The first option of a swept group (`init=zeros,he_normal` -> zeros)."""
+    return next(iter(override.sweep_string_iterator()))
+
+
+def check_keys(overrides: list[str], compose: Callable[[list[str]], dict],
+               group_options: Callable[[str], list[str]]) -> dict:
+    """Raise UnknownKeyError for the first override, on the command line or in the composed
+    `hydra.sweeper.params`, whose key is not in the config every job of the command composes.
+
+    `compose(group_overrides)` returns the composed config as a plain dict, Hydra's node
+    included; `group_options(name)` lists a config group's options ([] if not a group). A
+    group swept over several options is composed with each, and the key must be in all (Hydra
+    refuses it where it is missing, and a `+` would add it where nothing reads it). `hydra.*`
+    keys (Hydra checks them), the entries of `tags` and `optuna_trial`'s are not checked.
+    Returns the composed `hydra.sweeper.params` (for `swept_keys`).
+    """
+    parsed = parse(overrides)
+
+    def is_group(override) -> bool:
+        return override.package is not None or bool(group_options(override.key_or_group))
+
+    groups = [o for o in parsed if is_group(o)]
+    hydra_values = [o.input_line for o in parsed if not is_group(o) and o.key_or_group.startswith("hydra.")]
+    base = [f"{o.get_key_element()}={first_value(o)}" if o.is_sweep_override() else o.input_line for o in groups]
+    reference = compose(base + hydra_values)
+    params = (reference.get("hydra") or {}).get("sweeper", {}).get("params") or {}
+    from_params = parse([f"{k}={v}" for k, v in params.items()])
+
+    candidates = [(o.key_or_group, o.input_line) for o in parsed if not is_group(o) and not o.is_delete()]
+    candidates += [(o.key_or_group, f"hydra.sweeper.params: {o.input_line}") for o in from_params
+                   if not is_group(o) and not o.is_delete()]
+    candidates = [(key, shown) for key, shown in candidates if not key.startswith(UNCHECKED_PREFIXES)]
+
+    # (the group choice it was composed with, its keys) for each config the jobs can compose.
+    variants = [("", _keys(reference))]
+    for o in [o for o in groups + from_params if is_group(o) and o.is_sweep_override()]:
+        group = o.get_key_element()
+        others = [b for b in base + hydra_values if b.split("=", 1)[0] != group]
+        for option in o.sweep_string_iterator():
+            variants.append((f"{group}={option}", _keys(compose([*others, f"{group}={option}"]))))
+    for key, shown in candidates:
+        for choice, known in variants:
+            if key not in known:
+                raise UnknownKeyError(key, shown + (f", with {choice}" if choice else ""), nearest_key(key, known))
+    return params
+
+
+def _keys(config: dict) -> set[str]:
+    return config_paths({k: v for k, v in config.items() if k != "hydra"})
+
+
+def swept_keys(overrides: list[str], sweeper_params: dict | None) -> list[str]:
+    """The keys whose values vary across a multirun, as both sweepers read them: the configured
+    `hydra.sweeper.params`, then the command line, a later value of a key replacing an earlier
+    one (`kfold.noise=0.1` pins a key a preset sweeps); swept means `a,b`, `range(...)`,
+    `choice(...)`, `interval(...)`. In order of first mention, `+`/`~` dropped."""
+    final = {}
+    for o in parse([f"{k}={v}" for k, v in (sweeper_params or {}).items()] + list(overrides)):
+        final[o.get_key_element().lstrip("+~")] = o.is_sweep_override()
+    return [key for key, swept in final.items() if swept]
