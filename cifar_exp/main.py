@@ -46,7 +46,19 @@ def cli() -> None:
         from cifar_exp.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
-    main()
+    from cifar_exp import signals
+
+    signals.install()
+    try:
+        main()
+    except KeyboardInterrupt as error:  # a deliberate stop: one line, not a traceback
+        stopped = signals.as_stopped(error)
+        signals.report(stopped)
+        if stopped.sweep_dir:  # the jobs a stopped sweep finished, failed or left KILLED
+            from cifar_exp.sweep_summary import summarize
+
+            summarize(stopped.sweep_dir)
+        sys.exit(stopped.exit_code)
 
 
 if __name__ == "__main__":
