@@ -217,6 +217,27 @@ def test_a_checkpoint_cut_short_loses_at_most_one_epoch_and_logs_every_step_once
     assert logged == reference  # deterministic: the re-trained epoch equals the one logged first
 
 
+@pytest.mark.slow
+def test_a_job_killed_then_its_checkpoint_truncated_resumes_from_the_backup_logging_each_step_once(tmp_path):
+    """The issue's example: SIGKILL after 2 epochs, `truncate -s 50% latest.weights.h5`, re-run."""
+    uri = tracking_uri(tmp_path)
+    args = [*LONG, f"mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path}/job"]
+    job = _start(args, tmp_path)
+    _wait_for_epochs(job, tmp_path / "job", 2)
+    job.send_signal(signal.SIGKILL)
+    job.communicate()
+    [checkpoint] = (tmp_path / "job" / "checkpoint").iterdir()
+    _truncate(checkpoint / "latest.weights.h5")
+
+    resumed = run_cli(args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "previous epoch's backup" in resumed.stdout + resumed.stderr
+    client, [run] = all_runs(uri)
+    assert run.info.status == "FINISHED"
+    for key in ("loss", "accuracy", "test_loss", "lr", "epoch_time"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3, 4], key
+
+
 # --- another config in the same folder -------------------------------------------------
 
 def _job(cfg_overrides, output_dir, uri, stop_after=None, monkeypatch=None):

@@ -93,18 +93,23 @@ def test_two_deterministic_runs_have_bit_identical_epoch_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_secrets_are_masked_everywhere(tmp_path):
+    """A password URL in a new key, the run name and the experiment name (tests/test_interruptions.py
+    puts one into every string field of the config, in-process)."""
     uri = tracking_uri(tmp_path)
-    result = run_cli([*SMOKE, "trainer.epochs=1", "+notes=postgresql://user:hunter2@db.example/prod",
-                      f"mlflow.tracking_uri={uri}", "optimizer.lr=0.001,0.002", f"hydra.sweep.dir={tmp_path}/sweep",
-                      "--multirun"], cwd=tmp_path)
+    secret = "postgresql://alice:hunter2@db.example:5432/prod"
+    result = run_cli([*SMOKE, "trainer.epochs=1", f"+notes={secret}", f"mlflow.run_name=run-{secret}",
+                      f"mlflow.experiment_name=exp-{secret}", f"mlflow.tracking_uri={uri}",
+                      "optimizer.lr=0.001,0.002", f"hydra.sweep.dir={tmp_path}/sweep", "--multirun"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "hunter2" not in result.stdout + result.stderr
-    for path in (tmp_path / "sweep").rglob("*"):
-        if path.is_file() and path.suffix in (".yaml", ".json", ".log"):
-            assert "hunter2" not in path.read_text(), path
+    # Every byte written: Hydra's saved configs and logs, job_status.json, the sqlite store, the artifacts.
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
+    assert leaks == []
     client, runs = all_runs(uri)
+    assert len(runs) == 2
     for run in runs:
-        assert run.data.params["notes"] == "postgresql://user:***@db.example/prod"
+        assert run.data.params["notes"] == "postgresql://alice:***@db.example:5432/prod"
+        assert run.info.run_name == "run-postgresql://alice:***@db.example:5432/prod"
         assert "hunter2" not in json.dumps(run.data.tags) + run.info.run_name
         assert "hunter2" not in open(client.download_artifacts(run.info.run_id, "config.yaml")).read()
 
