@@ -110,9 +110,10 @@ def _open_run(cfg, context: JobContext, client, digest: str, resumed):
     if resumed is not None:
         run, checkpoint_dir = resumed
         tracker = tracking.RunTracker.resume(client, run.info.run_id, context.output_dir)
-        if context.multirun and context.sweep_dir:  # its job folder and number are this sweep's now
+        if context.multirun and context.sweep_dir:  # it is this sweep's job now (output_dir stays: the
+            # checkpoint is still written there, and a later re-run must find it)
             tracker.set_tags({"sweep_dir": str(context.sweep_dir), "sweep_id": sweep_id(context.sweep_dir),
-                              "job_num": str(context.job_num), "output_dir": str(context.output_dir)})
+                              "job_num": str(context.job_num)})
         log.info("resuming run %s from %s", run.info.run_id, checkpoint_dir)
         return tracker, checkpoint_dir
     checkpoint_dir = checkpoints.folder(context.output_dir, digest)
