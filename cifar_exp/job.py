@@ -333,6 +333,6 @@ def _write_status(context: JobContext, status: str, error, run_id=None, value=No
     record = {"status": status, "run_id": run_id, "value": value,
               "overrides": [tracking.mask_secrets(o) for o in context.overrides],
               "error": None if error is None else tracking.mask_secrets(f"{type(error).__name__}: {error}"),
-              "hint": hint}
+              "hint": None if hint is None else tracking.mask_secrets(hint)}
     Path(context.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(context.output_dir) / "job_status.json").write_text(json.dumps(record, indent=1))
