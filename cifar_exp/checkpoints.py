@@ -32,7 +32,8 @@ def others(output_dir: str | None, digest: str) -> list[str]:
     if not output_dir or not root.is_dir():
         return []
     legacy = [str(root)] if any(root.glob("*.weights.h5")) else []  # written before folders per config
-    return legacy + sorted(str(p) for p in root.iterdir() if p.is_dir() and p.name != digest)
+    return legacy + sorted(str(p) for p in root.iterdir()
+                           if p.is_dir() and p.name != digest and not p.name.endswith(".unreadable"))
 
 
 def _epoch(metadata: Path) -> int:
