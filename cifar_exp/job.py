@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cifar_exp import console, tracking
+from cifar_exp import checkpoints, console, signals, tracking
 from cifar_exp.distribute import is_chief
 from cifar_exp.errors import ConfigError
 from cifar_exp.readers import SPECS, DataError, locate
@@ -57,17 +57,15 @@ def run_job(cfg, context: JobContext) -> float:
             find_data(cfg.transfer.pretrain.dataset)
         client = tracking.connect(cfg.mlflow.tracking_uri)
         digest = config_hash(cfg)
-        experiment_id = tracking.experiment_id(client, cfg.mlflow.experiment_name)
-        earlier = tracking.runs_with_tag(client, experiment_id, "config_hash", digest)
+        try:
+            experiment_id = tracking.experiment_id(client, cfg.mlflow.experiment_name)
+            earlier = tracking.runs_with_tag(client, experiment_id, "config_hash", digest)
+        except Exception as error:  # a deleted experiment, a store refusing reads
+            raise tracking.refused(error, cfg.mlflow.tracking_uri) from None
         resumed = run_to_resume(cfg, context, client, digest, earlier)
         tags = dict(run_tags(cfg, context), config_hash=digest)  # refuses a clashing user tag
     except (ConfigError, DataError) as error:
-        _write_status(context, "FAILED", error)
-        if not context.multirun:
-            raise
-        log.error("%s", error)
-        _record_failed_start(cfg, context, error)
-        return math.nan
+        return _refuse_start(cfg, context, error)
 
     finished = [run for run in earlier if run.info.status == "FINISHED"]
     if context.multirun and finished and not cfg.sweep.rerun and resumed is None:
@@ -77,14 +75,10 @@ def run_job(cfg, context: JobContext) -> float:
         _write_status(context, "FINISHED", None, finished[0].info.run_id, value)
         return float(value)
 
-    if resumed is not None:
-        run, checkpoint_dir = resumed
-        tracker = tracking.RunTracker.resume(client, run.info.run_id, context.output_dir)
-        log.info("resuming run %s from %s", run.info.run_id, checkpoint_dir)
-    else:
-        tracker = tracking.RunTracker.start(client, cfg.mlflow.experiment_name, run_name(cfg, context), tags,
-                                            context.output_dir)
-        checkpoint_dir = str(Path(context.output_dir) / "checkpoint") if context.output_dir else None
+    try:
+        tracker, checkpoint_dir = _open_run(cfg, context, client, digest, resumed, tags)
+    except Exception as error:  # the store refused the run: permissions, read-only sqlite, server gone
+        return _refuse_start(cfg, context, tracking.refused(error, cfg.mlflow.tracking_uri))
     if not cfg.trainer.checkpoint:
         checkpoint_dir = None
     page = console.share_runs_view(client, experiment_id, tracker.run_id, cfg.optimized_metric,
@@ -97,10 +91,13 @@ def run_job(cfg, context: JobContext) -> float:
             tracker.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         metrics = run_task(cfg, tracker, checkpoint_dir)
         value = float(metrics[cfg.optimized_metric])
-    except KeyboardInterrupt as error:
-        tracker.finish("KILLED", error)
-        _write_status(context, "KILLED", error, tracker.run_id)
-        raise
+    except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP (signals.Stopped): ends a sweep too
+        stopped = signals.as_stopped(error)
+        tracker.finish("KILLED", stopped)
+        _write_status(context, "KILLED", stopped, tracker.run_id)
+        stopped.summary = stop_line(cfg, stopped, tracker, resumable=checkpoint_dir is not None)
+        stopped.sweep_dir = context.sweep_dir if context.multirun else None
+        raise stopped from None
     except Exception as error:
         hint = failure_hint(cfg, error)
         if hint:
@@ -116,6 +113,51 @@ def run_job(cfg, context: JobContext) -> float:
     _write_status(context, "FINISHED", None, tracker.run_id, value)
     log.info("%s", console.closing_line(tracker.run_id, metrics, cfg.optimized_metric, time.monotonic() - started))
     return value
+
+
+def _open_run(cfg, context: JobContext, client, digest: str, resumed, tags: dict[str, str]):
+    """(tracker, checkpoint folder): the resumed run, or a new one with its own checkpoint folder."""
+    if resumed is not None:
+        run, checkpoint_dir = resumed
+        tracker = tracking.RunTracker.resume(client, run.info.run_id, context.output_dir)
+        if context.multirun and context.sweep_dir:  # it is this sweep's job now (output_dir stays: the
+            # checkpoint is still written there, and a later re-run must find it)
+            tracker.set_tags({"sweep_dir": str(context.sweep_dir), "sweep_id": sweep_id(context.sweep_dir),
+                              "job_num": str(context.job_num)})
+        log.info("resuming run %s from %s", run.info.run_id, checkpoint_dir)
+        return tracker, checkpoint_dir
+    checkpoint_dir = checkpoints.folder(context.output_dir, digest)
+    if cfg.trainer.checkpoint and checkpoints.others(context.output_dir, digest):
+        log.info("%s holds the checkpoint of another config (left as it is); this config starts from "
+                 "epoch 1 in %s", Path(context.output_dir) / "checkpoint", checkpoint_dir)
+    tracker = tracking.RunTracker.start(client, cfg.mlflow.experiment_name, run_name(cfg, context), tags,
+                                        context.output_dir)
+    return tracker, checkpoint_dir
+
+
+def _refuse_start(cfg, context: JobContext, error: Exception) -> float:
+    """A job that cannot start (bad config, missing data, a store refusing it): FAILED in
+    job_status.json; alone, the error goes up to main's one-line message; in a sweep it is
+    logged, recorded as a FAILED run where the store allows, and the sweep goes on."""
+    _write_status(context, "FAILED", error)
+    if not context.multirun:
+        raise error
+    log.error("%s", error)
+    _record_failed_start(cfg, context, error)
+    return math.nan
+
+
+def stop_line(cfg, stopped: signals.Stopped, tracker, resumable: bool) -> str:
+    """'Stopped by SIGTERM after epoch 3/20; run <id> KILLED; re-run the same command to resume'."""
+    where = ""
+    if cfg.task != "kfold_poly":
+        try:
+            where = f" after epoch {tracker.logged_epochs()}/{cfg.trainer.epochs}"
+        except Exception:  # the store is what failed: the line must still be printed
+            pass
+    then = ("re-run the same command to resume" if resumable
+            else "trainer.checkpoint=false: a re-run starts from epoch 1")
+    return f"Stopped by {stopped.name}{where}; run {tracker.run_id} KILLED; {then}"
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -163,8 +205,7 @@ def _run_as_worker(cfg, context: JobContext) -> float:
     """A non-chief worker of a multi-worker job: validates and trains in step with the chief, but opens
     no MLflow run (the chief's run holds the results) and logs nothing there."""
     validate(cfg)
-    checkpoint_dir = (str(Path(context.output_dir) / "checkpoint")
-                      if context.output_dir and cfg.trainer.checkpoint else None)
+    checkpoint_dir = checkpoints.folder(context.output_dir, config_hash(cfg)) if cfg.trainer.checkpoint else None
     try:
         metrics = run_task(cfg, tracking.NullTracker(), checkpoint_dir)
     except BaseException as error:
@@ -212,17 +253,17 @@ def run_to_resume(cfg, context: JobContext, client, digest: str, earlier):
                               f"{run.data.tags.get('overrides', '')!r}")
         if run.info.status == "FINISHED":
             raise ConfigError("resume", cfg.resume, "an unfinished run (this one FINISHED)")
-        return run, str(Path(run.data.tags.get("output_dir", ".")) / "checkpoint")
+        return run, checkpoints.folder(run.data.tags.get("output_dir", "."), digest)
     unfinished = [run for run in earlier if run.info.status != "FINISHED"]
     same_folder = [run for run in unfinished if context.output_dir
                    and run.data.tags.get("output_dir") == str(context.output_dir)]
     if same_folder:
-        return same_folder[0], str(Path(context.output_dir) / "checkpoint")
+        return same_folder[0], checkpoints.folder(context.output_dir, digest)
     if context.multirun:
         for run in unfinished:
-            folder = Path(run.data.tags.get("output_dir", "")) / "checkpoint"
-            if run.data.tags.get("output_dir") and folder.is_dir():
-                return run, str(folder)
+            folder = checkpoints.folder(run.data.tags.get("output_dir"), digest)
+            if folder and Path(folder).is_dir():
+                return run, folder
     return None
 
 
@@ -230,7 +271,7 @@ def run_name(cfg, context: JobContext) -> str:
     """`mlflow.run_name`, else the overrides, the swept ones first: in the MLflow UI's table and
     chart legends, what tells the runs of a sweep apart is then what shows."""
     if cfg.mlflow.run_name:
-        return str(cfg.mlflow.run_name)
+        return tracking.mask_secrets(cfg.mlflow.run_name)
     shown = [o for o in context.overrides if not o.lstrip("+~").startswith(HIDDEN_OVERRIDE_PREFIXES)]
     swept = swept_values(context)
     shown = [f"{k}={v}" for k, v in swept.items()] + [o for o in shown if _override_key(o) not in swept]
@@ -293,7 +334,14 @@ def user_tags(cfg, job_tags: dict[str, str]) -> dict[str, str]:
 
 
 def sweep_id(sweep_dir: str) -> str:
-    """Shared by every job of one multirun: a short hash of the sweep folder's path."""
+    """Shared by every job of one multirun: the id sweep_summary.SweepSummary derived from the
+    sweep's definition (so a re-run of a stopped sweep keeps it) and wrote in the sweep folder;
+    without it (callbacks replaced), a short hash of the sweep folder's path."""
+    from cifar_exp.sweep_summary import SWEEP_ID_FILE
+
+    saved = Path(sweep_dir) / SWEEP_ID_FILE
+    if saved.is_file():
+        return saved.read_text().strip()
     return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
 
 
@@ -329,6 +377,6 @@ def _write_status(context: JobContext, status: str, error, run_id=None, value=No
     record = {"status": status, "run_id": run_id, "value": value,
               "overrides": [tracking.mask_secrets(o) for o in context.overrides],
               "error": None if error is None else tracking.mask_secrets(f"{type(error).__name__}: {error}"),
-              "hint": hint}
+              "hint": None if hint is None else tracking.mask_secrets(hint)}
     Path(context.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(context.output_dir) / "job_status.json").write_text(json.dumps(record, indent=1))

@@ -53,7 +53,7 @@ def cli() -> None:
         from cifar_exp.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
-    from cifar_exp import overrides
+    from cifar_exp import overrides, signals
 
     sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
     try:
@@ -61,7 +61,17 @@ def cli() -> None:
     except overrides.UnknownKeyError as error:
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)
-    main()
+    signals.install()
+    try:
+        main()
+    except KeyboardInterrupt as error:  # a deliberate stop: one line, not a traceback
+        stopped = signals.as_stopped(error)
+        signals.report(stopped)
+        if stopped.sweep_dir:  # the jobs a stopped sweep finished, failed or left KILLED
+            from cifar_exp.sweep_summary import summarize
+
+            summarize(stopped.sweep_dir)
+        sys.exit(stopped.exit_code)
 
 
 def check_command_line(args: list[str]) -> None:

@@ -129,10 +129,20 @@ def connect(tracking_uri: str):
 
 
 def experiment_id(client, name: str) -> str:
-    """The id of the named experiment, created on first use."""
+    """The id of the named experiment (its name masked as everywhere), created on first use.
+
+    Raises ConfigError when the experiment was deleted (MLflow keeps the name, refuses new runs).
+    """
     from mlflow.exceptions import MlflowException
 
+    name = mask_secrets(name)
     experiment = _retry(lambda: client.get_experiment_by_name(name))
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ConfigError("mlflow.experiment_name", name,
+                          f"an active experiment; experiment {experiment.experiment_id} of that name is deleted: "
+                          f"restore it (`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+                          f"with MLFLOW_TRACKING_URI={mask_secrets(client.tracking_uri)}, or "
+                          f"MlflowClient().restore_experiment('{experiment.experiment_id}')) or choose another name")
     if experiment is not None:
         return experiment.experiment_id
     # MLflow puts a sqlite store's artifacts in ./mlruns of whatever folder the process runs
@@ -146,6 +156,16 @@ def experiment_id(client, name: str) -> str:
         return _retry(lambda: client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS))
     except MlflowException:  # a parallel job created it first
         return client.get_experiment_by_name(name).experiment_id
+
+
+def refused(error: Exception, tracking_uri: str) -> ConfigError:
+    """A store that answered but refused to open or write a run (permissions, a read-only sqlite
+    file, a server gone or refusing), as the one line a user sees."""
+    if isinstance(error, ConfigError):
+        return error
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
+                       f"a tracking store this job can write runs to; it refused with: {mask_secrets(first)}")
 
 
 def runs_with_tag(client, experiment: str, key: str, value: str):
@@ -175,7 +195,7 @@ class RunTracker:
     @classmethod
     def start(cls, client, experiment_name: str, run_name: str, tags: dict[str, str], output_dir: str | None = None):
         experiment = experiment_id(client, experiment_name)
-        run = _retry(lambda: client.create_run(experiment, run_name=run_name,
+        run = _retry(lambda: client.create_run(experiment, run_name=mask_secrets(run_name),
                                                tags={k: mask_secrets(v) for k, v in tags.items()}))
         return cls(client, run.info.run_id, output_dir)
 
@@ -216,6 +236,15 @@ class RunTracker:
         """The last epoch (step) of the `loss` metric the store holds; 0 if none."""
         history = _retry(lambda: self.client.get_metric_history(self.run_id, "loss"))
         return max((m.step for m in history), default=0)
+
+    def logged_history(self) -> list[dict[str, float]]:
+        """The per-epoch metrics the store holds: [{key: value} of step 1, of step 2, ...]."""
+        run = _retry(lambda: self.client.get_run(self.run_id))
+        steps: dict[int, dict[str, float]] = {}
+        for key in run.data.metrics:
+            for metric in _retry(lambda: self.client.get_metric_history(self.run_id, key)):
+                steps.setdefault(metric.step, {}).setdefault(key, metric.value)
+        return [steps.get(step, {}) for step in range(1, max(steps, default=0) + 1)]
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(self.run_id, local_path, artifact_path))
@@ -267,6 +296,9 @@ class NullTracker:
 
     def logged_epochs(self) -> int:
         return 0
+
+    def logged_history(self) -> list:
+        return []
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         pass

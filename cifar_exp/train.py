@@ -6,12 +6,11 @@ it returns the final metrics. Imported only when a job runs (it imports Keras).
 from __future__ import annotations
 
 import json
+import logging
 import math
-import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import keras
@@ -19,7 +18,7 @@ import numpy as np
 from keras import ops
 from omegaconf import OmegaConf
 
-from cifar_exp import augment, console, plots
+from cifar_exp import augment, checkpoints, console, plots
 from cifar_exp.data import DataSplits, load_dataset
 from cifar_exp.distribute import build_strategy, inference_batch_size
 from cifar_exp.initializers import apply_init, apply_l2
@@ -29,6 +28,8 @@ from cifar_exp.models import build_model
 from cifar_exp.optim import build_lr_schedule, build_optimizer
 from cifar_exp.resident import build_feed, has_accelerator
 from cifar_exp.spl import build_spl_callback
+
+log = logging.getLogger(__name__)
 
 
 class TrainBatches(keras.utils.PyDataset):
@@ -75,7 +76,8 @@ class EpochLogger(keras.callbacks.Callback):
     Adds the learning rate and the epoch's wall time (s, training + evaluation).
     With a checkpoint folder, each epoch's metrics are written there *before* the
     checkpoint and sent to MLflow *after* it (by `sender()`), so a job killed at any
-    moment and resumed logs every epoch exactly once.
+    moment and resumed logs every epoch exactly once. Epochs trained again (the checkpoint
+    fell back to an older state) are not sent again: MLflow keeps each step's first values.
     """
 
     def __init__(self, tracker, eval_split: str, checkpoint_dir: str | None = None, first_epoch: int = 0):
@@ -83,10 +85,26 @@ class EpochLogger(keras.callbacks.Callback):
         self.tracker, self.eval_split = tracker, eval_split
         self.record = Path(checkpoint_dir) / "epoch_metrics.json" if checkpoint_dir else None
         self.epochs: list[dict[str, float]] = []
-        self.sent = 0
-        if first_epoch and self.record and self.record.exists():
-            self.epochs = json.loads(self.record.read_text())[:first_epoch]
-            self.sent = min(len(self.epochs), tracker.logged_epochs())
+        self.in_store = tracker.logged_epochs()  # steps 1..in_store are in the run already
+        if first_epoch:
+            self.epochs = self._recorded(first_epoch)
+        self.sent = 0  # send() skips the steps already in the store
+
+    def _recorded(self, first_epoch: int) -> list[dict[str, float]]:
+        """The metrics of the epochs a resumed job does not train again: from the checkpoint's
+        record, or from the MLflow run when the record is unreadable (a kill while it was written)."""
+        try:
+            epochs = json.loads(self.record.read_text())[:first_epoch]
+            if len(epochs) == first_epoch:
+                return epochs
+        except (OSError, ValueError):
+            pass
+        epochs = self.tracker.logged_history()[:first_epoch]
+        if len(epochs) < first_epoch:
+            log.warning("metrics of epochs %d..%d are neither in %s nor in the MLflow run; their curves have a gap",
+                        len(epochs) + 1, first_epoch, self.record)
+            epochs += [{} for _ in range(first_epoch - len(epochs))]
+        return epochs
 
     @property
     def history(self) -> dict[str, list[float]]:
@@ -113,7 +131,8 @@ class EpochLogger(keras.callbacks.Callback):
 
     def send(self) -> None:
         while self.sent < len(self.epochs):
-            self.tracker.log_metrics(self.epochs[self.sent], step=self.sent + 1)
+            if self.sent + 1 > self.in_store:
+                self.tracker.log_metrics(self.epochs[self.sent], step=self.sent + 1)
             self.sent += 1
 
     def sender(self):
@@ -171,30 +190,14 @@ def progress_verbosity(setting) -> int:
 
 
 class Checkpoint(keras.callbacks.BackupAndRestore):
-    """Keras' per-epoch backup (weights, optimizer state, epoch) in the job folder.
+    """Keras' per-epoch backup (weights, optimizer state, epoch) in the job's checkpoint folder.
 
-    Keeps the previous epoch's copy too, so a kill during a save falls back one epoch.
+    Keeps the previous epoch's copy too, so a kill during a save falls back one epoch
+    (checkpoints.restore_point picks the state to resume).
     """
 
     def __init__(self, folder: str):
         super().__init__(folder, save_freq="epoch", double_checkpoint=True, delete_checkpoint=True)
-
-    @staticmethod
-    def finished_epochs(folder: str | None) -> int:
-        """Epochs a readable checkpoint in `folder` holds (0 if none); an unreadable one is
-        removed with a warning, and the job starts from scratch."""
-        if not folder or not any(Path(folder).glob("*.weights.h5")):
-            return 0  # nothing saved yet (a folder holding only the SPL state counts as none too)
-        try:
-            import h5py
-
-            with h5py.File(Path(folder) / "latest.weights.h5", "r"):
-                pass
-            return int(json.loads((Path(folder) / "training_metadata.json").read_text())["epoch"])
-        except Exception as error:
-            warnings.warn(f"checkpoint in {folder} is unreadable ({error}); starting from scratch", stacklevel=2)
-            shutil.rmtree(folder, ignore_errors=True)
-            return 0
 
 
 def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), build_core=None) -> dict[str, float]:
@@ -218,7 +221,7 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
                       "data.eval_split": data.eval_split})
     epochs, batch_size = cfg.trainer.epochs, cfg.trainer.batch_size
 
-    first_epoch = Checkpoint.finished_epochs(checkpoint_dir)
+    first_epoch = checkpoints.restore_point(checkpoint_dir)
     # First: a multi-worker strategy must configure TensorFlow before anything starts its runtime.
     strategy = build_strategy(cfg.trainer.strategy)
     replicas = strategy.num_replicas_in_sync

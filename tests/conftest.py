@@ -65,6 +65,12 @@ def fake_tracker():
         def logged_epochs(self):
             return max((step for step, metrics in self.metrics if "loss" in metrics), default=0)
 
+        def logged_history(self):
+            steps = {}
+            for step, metrics in self.metrics:
+                steps.setdefault(step, {}).update(metrics)
+            return [steps.get(step, {}) for step in range(1, self.logged_epochs() + 1)]
+
         def log_params(self, params):
             pass
 

@@ -18,10 +18,10 @@ RESUMABLE = [*SMOKE, "dataset.train_size=4096", "trainer.epochs=4", "trainer.det
 
 
 def _final_weights(client, run):
-    import keras
+    from cifar_exp.saved import load_model  # registers this package's classes, as users load it
 
     path = client.download_artifacts(run.info.run_id, "model.keras")
-    return keras.saving.load_model(path).get_weights()
+    return load_model(path).get_weights()
 
 
 @pytest.mark.slow
@@ -34,10 +34,11 @@ def test_a_killed_job_resumes_its_run_and_ends_as_if_never_interrupted(tmp_path)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     job = subprocess.Popen([sys.executable, "-m", "cifar_exp", *args], cwd=tmp_path, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = tmp_path / "killed" / "checkpoint" / "training_metadata.json"
     deadline = time.time() + 300
     while time.time() < deadline and job.poll() is None:
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+        # checkpoint/<config hash>/: one folder per config
+        metadata = next((tmp_path / "killed").glob("checkpoint/*/training_metadata.json"), None)
+        if metadata and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
             break
         time.sleep(0.02)
     assert job.poll() is None, "the job ended before it could be killed"
@@ -92,18 +93,23 @@ def test_two_deterministic_runs_have_bit_identical_epoch_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_secrets_are_masked_everywhere(tmp_path):
+    """A password URL in a new key, the run name and the experiment name (tests/test_interruptions.py
+    puts one into every string field of the config, in-process)."""
     uri = tracking_uri(tmp_path)
-    result = run_cli([*SMOKE, "trainer.epochs=1", "+notes=postgresql://user:hunter2@db.example/prod",
-                      f"mlflow.tracking_uri={uri}", "optimizer.lr=0.001,0.002", f"hydra.sweep.dir={tmp_path}/sweep",
-                      "--multirun"], cwd=tmp_path)
+    secret = "postgresql://alice:hunter2@db.example:5432/prod"
+    result = run_cli([*SMOKE, "trainer.epochs=1", f"+notes={secret}", f"mlflow.run_name=run-{secret}",
+                      f"mlflow.experiment_name=exp-{secret}", f"mlflow.tracking_uri={uri}",
+                      "optimizer.lr=0.001,0.002", f"hydra.sweep.dir={tmp_path}/sweep", "--multirun"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "hunter2" not in result.stdout + result.stderr
-    for path in (tmp_path / "sweep").rglob("*"):
-        if path.is_file() and path.suffix in (".yaml", ".json", ".log"):
-            assert "hunter2" not in path.read_text(), path
+    # Every byte written: Hydra's saved configs and logs, job_status.json, the sqlite store, the artifacts.
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
+    assert leaks == []
     client, runs = all_runs(uri)
+    assert len(runs) == 2
     for run in runs:
-        assert run.data.params["notes"] == "postgresql://user:***@db.example/prod"
+        assert run.data.params["notes"] == "postgresql://alice:***@db.example:5432/prod"
+        assert run.info.run_name == "run-postgresql://alice:***@db.example:5432/prod"
         assert "hunter2" not in json.dumps(run.data.tags) + run.info.run_name
         assert "hunter2" not in open(client.download_artifacts(run.info.run_id, "config.yaml")).read()
 
@@ -144,16 +150,16 @@ def test_metrics_that_never_reach_the_store_are_saved_locally(tmp_path, run_duri
     assert saved[0]["key"] == "loss" and saved[0]["step"] == 1
 
 
-def test_an_unreadable_checkpoint_is_dropped_with_a_warning(tmp_path):
-    from cifar_exp.train import Checkpoint
+def test_an_unreadable_checkpoint_is_moved_aside_with_a_warning(tmp_path, caplog):
+    from cifar_exp.checkpoints import restore_point
 
     folder = tmp_path / "checkpoint"
     folder.mkdir()
     (folder / "latest.weights.h5").write_bytes(b"truncated")
     (folder / "training_metadata.json").write_text('{"epoch": 2}')
-    with pytest.warns(UserWarning, match="unreadable"):
-        assert Checkpoint.finished_epochs(str(folder)) == 0
-    assert not folder.exists()
+    assert restore_point(str(folder)) == 0
+    assert "unreadable" in caplog.text
+    assert not folder.exists() and (tmp_path / "checkpoint.unreadable" / "latest.weights.h5").exists()
 
 
 @pytest.mark.slow
@@ -178,22 +184,32 @@ def test_ctrl_c_marks_the_running_job_killed_and_a_rerun_skips_the_finished_ones
             f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep", "--multirun"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     sweep = subprocess.Popen([sys.executable, "-m", "cifar_exp", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    second = tmp_path / "sweep" / "1" / "checkpoint" / "training_metadata.json"
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and sweep.poll() is None and not second.exists():
+    while time.time() < deadline and sweep.poll() is None and not any(
+            (tmp_path / "sweep" / "1").glob("checkpoint/*/training_metadata.json")):
         time.sleep(0.05)
     assert sweep.poll() is None, "the sweep ended before the second job was interrupted"
     sweep.send_signal(signal.SIGINT)
-    sweep.wait(timeout=120)
+    out, err = sweep.communicate(timeout=120)
+    # A deliberate stop: one line and the sweep's summary, no traceback, the shell's code for SIGINT.
+    assert sweep.returncode == 130 and "Traceback" not in out + err
+    assert len([line for line in err.splitlines() if line.startswith("Stopped by SIGINT")]) == 1
+    assert "Sweep summary: 1 finished, 0 failed, 1 stopped" in out
     _, runs = all_runs(uri)
     assert {r.data.tags["choice.init"]: r.info.status for r in runs} == {"he_normal": "FINISHED", "zeros": "KILLED"}
 
     again = run_cli(args[:-2] + [f"hydra.sweep.dir={tmp_path}/again", "--multirun"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "skipping" in again.stdout + again.stderr and "resuming run" in again.stdout + again.stderr
-    _, runs = all_runs(uri)
+    client, runs = all_runs(uri)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    # One sweep, one id: the re-run (another folder) has the first sweep's id, so
+    # `report --sweep-id latest` sees both jobs.
+    from cifar_exp.report import latest_sweep_id
+
+    assert {r.data.tags["sweep_id"] for r in runs} == {(tmp_path / "again" / "sweep_id").read_text()}
+    assert latest_sweep_id(client, [runs[0].info.experiment_id]) == runs[0].data.tags["sweep_id"]
 
 
 @pytest.mark.slow
