@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cifar_exp import checkpoints, console, signals, tracking
+from cifar_exp import checkpoints, console, outcome, signals, tracking
 from cifar_exp.distribute import is_chief
 from cifar_exp.errors import ConfigError
 from cifar_exp.readers import SPECS, DataError, locate
@@ -72,7 +72,8 @@ def run_job(cfg, context: JobContext) -> float:
         value = finished[0].data.metrics.get(cfg.optimized_metric, math.nan)
         log.info("skipping: run %s already finished this config (sweep.rerun=true runs it again)",
                  finished[0].info.run_id)
-        _write_status(context, "FINISHED", None, finished[0].info.run_id, value)
+        _write_status(context, "FINISHED", None, finished[0].info.run_id, value,
+                      outcome=finished[0].data.tags.get("outcome"))
         return float(value)
 
     try:
@@ -110,7 +111,10 @@ def run_job(cfg, context: JobContext) -> float:
         log.exception("job %s failed; the sweep goes on", context.job_num)
         return math.nan
     tracker.finish("FINISHED")
-    _write_status(context, "FINISHED", None, tracker.run_id, value)
+    judged = outcome.verdict(metrics)  # None for tasks without a test accuracy
+    if judged and judged[0] == outcome.DID_NOT_LEARN:
+        log.warning("did not learn: %s", judged[1])
+    _write_status(context, "FINISHED", None, tracker.run_id, value, outcome=judged and judged[0])
     log.info("%s", console.closing_line(tracker.run_id, metrics, cfg.optimized_metric, time.monotonic() - started))
     return value
 
@@ -174,9 +178,10 @@ def failure_hint(cfg, error: BaseException) -> str | None:
         return (f"out of memory with trainer.batch_size={cfg.trainer.batch_size}, model={cfg.model.name}, "
                 f"trainer.precision={cfg.trainer.precision}: try a smaller trainer.batch_size, "
                 "trainer.precision=mixed_bfloat16 (or mixed_float16), or a smaller model")
-    if isinstance(error, FloatingPointError):
-        return (f"the loss diverged with optimizer.lr={cfg.optimizer.lr}: try a smaller learning rate, "
-                "or trainer.precision=float32 if mixed precision is on")
+    if isinstance(error, FloatingPointError):  # outcome.TrainingDiverged among them
+        return (f"the loss diverged with optimizer.lr={cfg.optimizer.lr}: try a smaller learning rate "
+                f"(e.g. optimizer.lr={cfg.optimizer.lr / 10:g}), optimizer.clipnorm, another init than "
+                f"init={cfg.init.name}, or trainer.precision=float32 if mixed precision is on")
     return None
 
 
@@ -370,13 +375,15 @@ def _record_failed_start(cfg, context: JobContext, error: Exception) -> None:
         log.warning("could not record the failed job in MLflow")
 
 
-def _write_status(context: JobContext, status: str, error, run_id=None, value=None, hint=None) -> None:
-    """job_status.json in the job's folder: what the sweep summary counts."""
+def _write_status(context: JobContext, status: str, error, run_id=None, value=None, hint=None,
+                  outcome=None) -> None:
+    """job_status.json in the job's folder: what the sweep summary counts. `outcome`: learned,
+    did_not_learn (outcome.py), or None (not finished, or a task without a test accuracy)."""
     if not context.output_dir:
         return
     record = {"status": status, "run_id": run_id, "value": value,
               "overrides": [tracking.mask_secrets(o) for o in context.overrides],
               "error": None if error is None else tracking.mask_secrets(f"{type(error).__name__}: {error}"),
-              "hint": None if hint is None else tracking.mask_secrets(hint)}
+              "hint": None if hint is None else tracking.mask_secrets(hint), "outcome": outcome}
     Path(context.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(context.output_dir) / "job_status.json").write_text(json.dumps(record, indent=1))

@@ -26,6 +26,7 @@ CONFIG_DIR = str(_PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else 
 def main(cfg: DictConfig) -> float:
     from cifar_exp.errors import ConfigError
     from cifar_exp.job import JobContext, run_job
+    from cifar_exp.outcome import TrainingDiverged
     from cifar_exp.overrides import SWEPT_KEYS_ENV
     from cifar_exp.readers import DataError
 
@@ -46,6 +47,9 @@ def main(cfg: DictConfig) -> float:
 
         print(f"Error: {mask_secrets(error)}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as error:  # recorded FAILED, its hint logged by run_job: no traceback
+        print(f"Error: training diverged: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def cli() -> None:

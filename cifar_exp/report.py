@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cifar_exp.outcome import CHANCE_SIGMAS, DID_NOT_LEARN
+
 REPLICATE_KEYS = ("seed",)  # varied to replicate, not compared: pooled within a group
 IGNORED_PREFIXES = ("optuna_trial", "hydra.", "mlflow.")
 REPORT_TAG = "cifar_exp.report"
@@ -34,6 +36,7 @@ class Summary:
     ci_low: float  # 95% confidence interval of the mean (Student's t); nan for n = 1
     ci_high: float
     best: float
+    did_not_learn: int = 0  # runs tagged outcome=did_not_learn: final test accuracy at chance level
 
 
 def summarize(label: str, values, maximize: bool = True) -> Summary:
@@ -140,8 +143,24 @@ def group(records: list[RunRecord], keys: list[str]) -> dict[str, list[RunRecord
 
 
 def summarize_groups(groups: dict[str, list[RunRecord]], maximize: bool) -> list[Summary]:
-    rows = [summarize(label, [r.value for r in runs], maximize) for label, runs in groups.items()]
+    rows = []
+    for label, runs in groups.items():
+        row = summarize(label, [r.value for r in runs], maximize)
+        row.did_not_learn = sum(r.tags.get("outcome") == DID_NOT_LEARN for r in runs)
+        rows.append(row)
     return sorted(rows, key=lambda s: (-s.mean if maximize else s.mean, s.label))
+
+
+def did_not_learn_note(rows: list[Summary]) -> str | None:
+    """A sentence naming the groups with runs that ended at chance level, or None."""
+    marked = [s for s in rows if s.did_not_learn]
+    if not marked:
+        return None
+    total = sum(s.did_not_learn for s in marked)
+    return (f"did not learn: {total} run(s) ended at chance level (final test accuracy within "
+            f"{CHANCE_SIGMAS} binomial standard deviations of it; MLflow tag outcome={DID_NOT_LEARN}) in "
+            + "; ".join(f"{s.label} ({s.did_not_learn} of {s.n})" for s in marked)
+            + ": those groups' means mix runs that learnt with runs that did not")
 
 
 # ----------------------------------------------------------------------------- files
@@ -150,12 +169,12 @@ def _fmt(x: float) -> str:
     return "" if math.isnan(x) else f"{x:.4f}"
 
 
-COLUMNS = ("group", "n", "mean", "std", "ci95_low", "ci95_high", "best")
+COLUMNS = ("group", "n", "mean", "std", "ci95_low", "ci95_high", "best", "did_not_learn")
 
 
 def table_rows(rows: list[Summary]) -> list[list[str]]:
-    return [[s.label, str(s.n), _fmt(s.mean), _fmt(s.std), _fmt(s.ci_low), _fmt(s.ci_high), _fmt(s.best)]
-            for s in rows]
+    return [[s.label, str(s.n), _fmt(s.mean), _fmt(s.std), _fmt(s.ci_low), _fmt(s.ci_high), _fmt(s.best),
+             str(s.did_not_learn)] for s in rows]
 
 
 def text_table(rows: list[Summary]) -> str:
@@ -407,6 +426,8 @@ def main(argv=None) -> int:
     keys = args.by or swept_keys(records)
     groups = group(records, keys)
     rows = summarize_groups(groups, maximize)
+    if did_not_learn_note(rows):
+        notes.insert(0, did_not_learn_note(rows))
     test = None
     if len(rows) >= 2:
         a, b = (_pick(rows, args.compare[0]), _pick(rows, args.compare[1])) if args.compare else (rows[0], rows[1])

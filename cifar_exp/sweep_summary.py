@@ -1,6 +1,7 @@
 """A Hydra callback for every multirun: at its start, the sweep's id (from its definition); at
-its end, one line saying how many jobs finished, failed or were stopped, and a non-zero exit
-when any did not finish (each job wrote job_status.json)."""
+its end, one line saying how many jobs finished, failed or were stopped and how many of the
+finished did not learn (outcome.py), a line per such job, and a non-zero exit when any did not
+finish (each job wrote job_status.json)."""
 from __future__ import annotations
 
 import hashlib
@@ -31,13 +32,18 @@ def summarize(sweep_dir: str) -> bool:
     records = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("**/job_status.json"))]
     failed = [r for r in records if r["status"] not in ("FINISHED", "KILLED")]
     killed = [r for r in records if r["status"] == "KILLED"]
+    # Finished at chance level (outcome.py): a result, but not one to compare settings by.
+    idle = [r for r in records if r["status"] == "FINISHED" and r.get("outcome") == "did_not_learn"]
     stopped = f", {len(killed)} stopped" if killed else ""
-    print(f"Sweep summary: {len(records) - len(failed) - len(killed)} finished, {len(failed)} failed{stopped} "
-          f"({sweep_dir})", flush=True)
+    idle_count = f", {len(idle)} did not learn" if idle else ""
+    print(f"Sweep summary: {len(records) - len(failed) - len(killed)} finished, {len(failed)} failed{stopped}"
+          f"{idle_count} ({sweep_dir})", flush=True)
     for record in failed + killed:
         print(f"  {record['status']}: {' '.join(record['overrides'])}: {record['error']}", flush=True)
         if record.get("hint"):
             print(f"    hint: {record['hint']}", flush=True)
+    for record in idle:
+        print(f"  did not learn: {' '.join(record['overrides'])}: test accuracy at chance level", flush=True)
     return not (failed or killed)
 
 

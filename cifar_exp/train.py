@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 from omegaconf import OmegaConf
 
-from cifar_exp import augment, checkpoints, console, plots
+from cifar_exp import augment, checkpoints, console, outcome, plots
 from cifar_exp.data import DataSplits, load_dataset
 from cifar_exp.distribute import build_strategy, inference_batch_size
 from cifar_exp.initializers import apply_init, apply_l2
@@ -149,15 +149,6 @@ class EpochLogger(keras.callbacks.Callback):
         return Send()
 
 
-class FailOnNonFiniteLoss(keras.callbacks.Callback):
-    """A NaN/inf loss fails the job (TerminateOnNaN would end it looking like a success)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise FloatingPointError(f"training loss became {float(loss)} in epoch {epoch + 1}")
-
-
 def build_classifier(cfg, data: DataSplits, build_core=None):
     """uint8 images -> preprocessing -> augmentation (training only) -> model -> float32 logits;
     with `trainer.tta`, inference averages the model's logits for each image and its mirror image.
@@ -244,9 +235,11 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         # `accuracy` that also counts (true, predicted) pairs: after the last evaluation it holds
         # the test split's confusion matrix, so the figure needs no extra pass over the test set.
         accuracy = ConfusionAccuracy(data.num_classes)
-        loss, metrics = build_loss(cfg.trainer.label_smoothing), [accuracy]
-        if cfg.trainer.label_smoothing:  # `loss` is then the smoothed loss: log the comparable one too
-            metrics.append(keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="cross_entropy"))
+        # `loss` is what the optimizer minimises: smoothed (label smoothing), weighted (self-paced
+        # learning: compiled `metrics` never see sample weights) and plus the L2 penalties;
+        # `cross_entropy` is the plain one, comparable between runs and bounded by outcome.py.
+        loss = build_loss(cfg.trainer.label_smoothing)
+        metrics = [accuracy, keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="cross_entropy")]
         if spl is not None:  # train_pass: targets carry sample indices so losses are recorded by index
             loss, metrics = spl.adapt_compile(loss, metrics)
         model.compile(optimizer=build_optimizer(cfg.optimizer, schedule), loss=loss, metrics=metrics,
@@ -258,8 +251,8 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
     eval_x, eval_y = (feed.val, data.y_val) if data.eval_split == "val" else (feed.test, data.y_test)
     logger = EpochLogger(tracker, data.eval_split, checkpoint_dir, first_epoch)
     callbacks = [] if spl is None else [spl]
-    # The NaN check runs before the checkpoint so a diverged epoch is never saved.
-    callbacks += [logger, FailOnNonFiniteLoss()]
+    # The divergence check runs before the checkpoint so a diverged epoch is never saved.
+    callbacks += [logger, outcome.divergence_callback(data.num_classes, data.eval_split)]
     if checkpoint_dir:
         callbacks.append(Checkpoint(checkpoint_dir))
     callbacks.append(logger.sender())
@@ -280,20 +273,25 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
 
     test_batch_size = inference_batch_size(len(data.y_test), batch_size, replicas)
     final = _final_test_metrics(model, feed, data, logger, test_batch_size)
+    outcome.check_metrics(final, data.num_classes, "the final evaluation")
     if data.eval_split != "test":  # otherwise the last epoch already logged these values
         tracker.log_metrics(final, step=len(logger.epochs))
+    outcome.record_learning_outcome(tracker, final, data.y_test, step=len(logger.epochs))
     _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, test_batch_size, accuracy.matrix())
     # Sweepers may optimise the last validation metrics (already logged per epoch).
     final.update({key: values[-1] for key, values in logger.history.items() if key.startswith("val_")})
     return final
 
 
+FINAL_KEYS = ("loss", "accuracy", "cross_entropy")
+
+
 def _final_test_metrics(model, feed, data, logger, batch_size) -> dict[str, float]:
-    """Test loss/accuracy of the final model; the last epoch's when it already evaluated test."""
+    """Test loss/accuracy/cross-entropy of the final model; the last epoch's when it already evaluated test."""
     if data.eval_split == "test" and logger.history.get("test_loss"):
-        return {"test_loss": logger.history["test_loss"][-1], "test_accuracy": logger.history["test_accuracy"][-1]}
-    loss, accuracy = model.evaluate(feed.test, data.y_test, batch_size=batch_size, verbose=0)
-    return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+        return {f"test_{k}": logger.history[f"test_{k}"][-1] for k in FINAL_KEYS if logger.history.get(f"test_{k}")}
+    results = model.evaluate(feed.test, data.y_test, batch_size=batch_size, verbose=0, return_dict=True)
+    return {f"test_{k}": float(results[k]) for k in FINAL_KEYS if k in results}
 
 
 def _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, batch_size, counts) -> None:

@@ -56,7 +56,23 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     status = {r.data.params["optimizer.lr"]: r.info.status for r in runs}
     assert status == {"0.01": "FINISHED", "1000000000000.0": "FAILED"}
     failed = next(r for r in runs if r.info.status == "FAILED")
-    assert "loss became" in failed.data.tags["error"]
+    assert "TrainingDiverged" in failed.data.tags["error"]
+    assert "optimizer.lr=1000000000000.0" in failed.data.tags["failure_hint"]
+    assert "hint: the loss diverged" in result.stdout
+
+
+def test_a_diverged_job_alone_exits_non_zero_with_one_error_line_and_no_traceback(tmp_path):
+    uri = tracking_uri(tmp_path)
+    result = run_cli([*SMOKE, "optimizer=sgd", "optimizer.lr=1e6", f"mlflow.tracking_uri={uri}",
+                      f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Error: training diverged: " in result.stderr
+    assert "the loss diverged with optimizer.lr=1000000.0" in result.stdout + result.stderr  # the hint, logged
+    record = json.loads((tmp_path / "run" / "job_status.json").read_text())
+    assert record["status"] == "FAILED" and record["hint"]
+    _, runs = all_runs(uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
 
 
 @pytest.mark.parametrize("data_on_device", [False, True], ids=["host_batches", "resident_images"])

@@ -140,3 +140,26 @@ def test_a_sweep_is_found_in_whichever_experiment_it_logged_to(store, tmp_path):
     assert "| weighting=hard | 2 |" in (tmp_path / "r" / "report.md").read_text()
     logged = client.search_runs([elsewhere], "tags.`cifar_exp.report` = 'true'")
     assert len(logged) == 1  # the report run sits beside the runs it reports on
+
+
+def test_groups_with_runs_that_did_not_learn_are_marked(tmp_path, capsys):
+    """outcome=did_not_learn (final test accuracy at chance level) shows as a column and a note."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("cifar_exp", artifact_location=(tmp_path / "mlruns").as_uri())
+    for seed, (init, value, learned) in enumerate([("he_normal", 0.60, "learned"), ("he_normal", 0.62, "learned"),
+                                                   ("zeros", 0.10, "did_not_learn"), ("zeros", 0.45, "learned")]):
+        run = client.create_run(experiment, tags={"sweep_id": "z", "overrides": f"init={init} seed={seed}",
+                                                  "outcome": learned})
+        client.log_param(run.info.run_id, "seed", seed)
+        client.log_metric(run.info.run_id, "test_accuracy", value, step=1)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    assert report.main(["--tracking-uri", uri, "--sweep-id", "z", "--out", str(tmp_path / "r"), "--no-log"]) == 0
+    out = capsys.readouterr().out
+    with open(tmp_path / "r" / "report.csv") as f:
+        rows = {row["group"]: row for row in csv.DictReader(f)}
+    assert rows["init=zeros"]["did_not_learn"] == "1" and rows["init=he_normal"]["did_not_learn"] == "0"
+    assert "did not learn: 1 run(s)" in out and "init=zeros (1 of 2)" in out
+    assert "init=zeros (1 of 2)" in (tmp_path / "r" / "report.md").read_text()

@@ -143,3 +143,21 @@ def test_pretraining_takes_neither_the_targets_tta_nor_its_label_smoothing():
     assert pre_cfg.trainer.tta is False and pre_cfg.trainer.label_smoothing == 0.0
     assert cfg.trainer.tta is True  # the target keeps them
     assert transfer.pretrain_hash(cfg) == transfer.pretrain_hash(compose(STAND_INS))
+
+
+def test_a_diverged_pretraining_fails_its_run_and_the_job_with_the_lr_hint(tmp_path):
+    """The divergence rule holds in pretraining too: it trains through train.run."""
+    from cifar_exp import job
+
+    uri = tracking_uri(tmp_path)
+    cfg = compose(STAND_INS + ["transfer.adapter=resize_grey", "optimizer=sgd", "optimizer.lr=1e6",
+                               "transfer.pretrain.epochs=1", "trainer.epochs=1", "trainer.verbose=0",
+                               f"mlflow.tracking_uri={uri}"])
+    context = job.JobContext(overrides=["optimizer.lr=1e6"], output_dir=str(tmp_path / "sweep" / "0"),
+                             sweep_dir=str(tmp_path / "sweep"), job_num=0, multirun=True)
+    assert np.isnan(job.run_job(cfg, context))
+    _, runs = all_runs(uri)
+    by_role = {r.data.tags.get("transfer.role"): r for r in runs}
+    assert by_role["pretrain"].info.status == "FAILED" and "TrainingDiverged" in by_role["pretrain"].data.tags["error"]
+    assert by_role["target"].info.status == "FAILED"
+    assert "optimizer.lr=1000000.0" in by_role["target"].data.tags["failure_hint"]

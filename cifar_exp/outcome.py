@@ -1,0 +1,132 @@
+"""What a run's numbers say: a diverged run fails, a run at chance level is tagged "did not learn".
+
+Diverged: a loss or metric that is NaN/inf, or a cross-entropy above EXPLOSION_FACTOR x ln(classes),
+on any split, at any batch or epoch end or in the final evaluation. Did not learn: the final test
+accuracy is below the chance level plus CHANCE_SIGMAS binomial standard deviations. Importing
+this module does not import Keras (job.py and main.py use it); `divergence_callback` does.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+# A cross-entropy (nats) above 10 x ln(classes) means the true class got a geometric-mean
+# probability below classes^-10 (1e-10 for CIFAR-10): 23 nats, 10 times what a model that
+# guesses uniformly scores. Healthy runs stay far below: every run starts near ln(classes)
+# (2.3 nats), and the runs measured (README, "When jobs fail or stop": 40% label noise, the first
+# epoch of ResNet-9's one-cycle at lr 0.4) peaked at 5.0 nats, on the test split after that first
+# epoch; diverged ones reach 1e9 and more within a few steps.
+EXPLOSION_FACTOR = 10
+# Accuracy below chance + 3 standard deviations of a binomial proportion on the test set: a
+# classifier at chance level passes it with probability 0.13% (one-sided normal tail).
+CHANCE_SIGMAS = 3
+# Per-epoch keys that are the pace's bookkeeping under self-paced learning, not model metrics.
+NOT_CHECKED_PREFIXES = ("spl_",)
+# Metrics that are a plain (unweighted, unsmoothed, penalty-free) cross-entropy in nats.
+CROSS_ENTROPY_KEYS = ("cross_entropy", "unweighted_loss")
+LEARNED, DID_NOT_LEARN = "learned", "did_not_learn"
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss or metric became NaN/inf or exploded past the bound; the run fails (job.py's hint
+    names optimizer.lr). A FloatingPointError, as NumPy raises for invalid arithmetic."""
+
+
+def explosion_bound(num_classes: int) -> float:
+    """The highest mean cross-entropy (nats) a run may report: EXPLOSION_FACTOR x ln(num_classes)."""
+    return EXPLOSION_FACTOR * math.log(num_classes)
+
+
+def check_metrics(metrics: Mapping[str, float], num_classes: int, where: str, eval_split: str = "val") -> None:
+    """Raise TrainingDiverged when a value in `metrics` is NaN/inf, or a cross-entropy exceeds
+    `explosion_bound(num_classes)`.
+
+    `metrics`: Keras logs or final metrics ({"loss": 2.3, "val_cross_entropy": ...}); keys starting
+    with `val_` are reported as `eval_split`'s; `spl_*` keys are not checked. `where` says when, for
+    the message ("epoch 3", "epoch 1, batch 7", "the final evaluation"). The bound applies to the
+    cross-entropy metrics, not to `loss`: `loss` also holds the L2 penalties (model.kernel_l2,
+    bias_l2), which a strongly regularised but healthy model may keep above it, and under
+    self-paced learning or label smoothing it is weighted or smoothed.
+    """
+    bound = explosion_bound(num_classes)
+    for key, value in metrics.items():
+        if key.startswith(NOT_CHECKED_PREFIXES) or not isinstance(value, (int, float)):
+            continue
+        shown = f"{eval_split}_{key[4:]}" if key.startswith("val_") else key
+        base = shown.split("_", 1)[1] if shown.startswith(("val_", "test_")) else shown
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{shown} became {value} in {where}")
+        if base in CROSS_ENTROPY_KEYS and value > bound:
+            raise TrainingDiverged(f"{shown} reached {value:.4g} nats in {where}, above {bound:.3g} "
+                                   f"({EXPLOSION_FACTOR} x ln {num_classes}, the bound for an exploding loss)")
+
+
+def divergence_callback(num_classes: int, eval_split: str):
+    """A Keras callback that stops training with TrainingDiverged as soon as a logged value fails
+    `check_metrics`: after every training batch (Keras' running means of the epoch) and at every
+    epoch's end (the evaluated split too).
+
+    Not keras.callbacks.TerminateOnNaN: that one looks at the training `loss` only, catches no
+    finite explosion, and (raise_error=False) ends fit as if training had finished.
+    """
+    import keras
+
+    class StopOnDivergence(keras.callbacks.Callback):
+        # It only reads the logs and raises, so Keras may run it on its callback thread; the
+        # error then surfaces within a batch or two, and at the latest when the epoch ends.
+        async_safe = True
+
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            check_metrics(logs or {}, num_classes, f"epoch {self.epoch + 1}, batch {batch + 1}", eval_split)
+
+        def on_epoch_end(self, epoch, logs=None):
+            check_metrics(logs or {}, num_classes, f"epoch {epoch + 1}", eval_split)
+
+    return StopOnDivergence()
+
+
+def chance_accuracy(labels) -> float:
+    """The accuracy of always answering the most frequent class of `labels` (int, shape (N,)):
+    1/classes on a balanced test set, more on one that dataset.limit_test left unbalanced."""
+    import numpy as np
+
+    return float(np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1)).max() / len(labels))
+
+
+def chance_bound(chance: float, n: int) -> float:
+    """chance + CHANCE_SIGMAS x sqrt(chance (1 - chance) / n): the accuracy on `n` test images
+    that a classifier at chance level stays under with probability 99.87%."""
+    return chance + CHANCE_SIGMAS * math.sqrt(chance * (1.0 - chance) / n)
+
+
+def record_learning_outcome(tracker, final: dict[str, float], labels, step: int) -> None:
+    """Judge the final `test_accuracy` in `final` against the chance level of the test labels
+    `labels` (int, shape (N,): the images really evaluated). Adds `chance_accuracy_bound` to
+    `final` and logs it at `step`; tags the run `outcome` (learned | did_not_learn) and
+    `outcome_detail` (the numbers behind it)."""
+    chance = chance_accuracy(labels)
+    bound = chance_bound(chance, len(labels))
+    final["chance_accuracy_bound"] = bound
+    tracker.log_metrics({"chance_accuracy_bound": bound}, step=step)
+    outcome, detail = verdict(final)
+    tracker.set_tags({"outcome": outcome,
+                      "outcome_detail": f"{detail}; chance level {chance:.4f} on {len(labels)} test images"})
+
+
+def verdict(metrics: Mapping[str, float]) -> tuple[str, str] | None:
+    """(LEARNED or DID_NOT_LEARN, a sentence with the numbers) from a task's final metrics, or
+    None for a task that reports no test accuracy (kfold_poly)."""
+    if "test_accuracy" not in metrics or "chance_accuracy_bound" not in metrics:
+        return None
+    accuracy, bound = float(metrics["test_accuracy"]), float(metrics["chance_accuracy_bound"])
+    if accuracy < bound:
+        return DID_NOT_LEARN, (f"test_accuracy {accuracy:.4f} is below {bound:.4f}, within "
+                               f"{CHANCE_SIGMAS} binomial standard deviations of chance level")
+    return LEARNED, f"test_accuracy {accuracy:.4f} is at or above {bound:.4f}, the chance-level bound"
