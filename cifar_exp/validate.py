@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from cifar_exp.augment import TTA_LEVELS
+from cifar_exp.backend_setup import check_backend_settings
 from cifar_exp.data import check_dataset
 from cifar_exp.distribute import STRATEGIES
 from cifar_exp.errors import ConfigError
 from cifar_exp.initializers import check_init
 from cifar_exp.kfold import check_kfold
 from cifar_exp.models import check_model
-from cifar_exp.optim import check_optimizer, check_schedule
+from cifar_exp.optim import check_optimizer, check_optimizer_schedule, check_schedule
 from cifar_exp.transfer import check_transfer
 from cifar_exp.weighting import check_weighting
 
@@ -42,10 +44,12 @@ def validate(cfg) -> None:
     if trainer.data_on_device not in ("auto", True, False):
         raise ConfigError("trainer.data_on_device", trainer.data_on_device, "auto, true or false")
     for key, value in (("trainer.deterministic", trainer.deterministic), ("trainer.checkpoint", trainer.checkpoint),
-                       ("trainer.tta", trainer.tta),
                        ("sweep.rerun", cfg.sweep.rerun), ("mlflow.log_model", cfg.mlflow.log_model)):
         if not isinstance(value, bool):
             raise ConfigError(key, value, "true or false")
+    if not (isinstance(trainer.tta, bool) or trainer.tta in TTA_LEVELS):
+        raise ConfigError("trainer.tta", trainer.tta, "false, true (= flip), flip or flip_translate")
+    check_backend_settings(trainer)
     smoothing = trainer.label_smoothing
     if not (isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) and 0 <= smoothing < 1):
         raise ConfigError("trainer.label_smoothing", smoothing, "a number in [0, 1) (0: no smoothing)")
@@ -64,7 +68,8 @@ def validate(cfg) -> None:
                           "test_* metrics, or val_* with dataset.val_fraction > 0 or dataset.folds set")
     for group, check in (("model", check_model), ("init", check_init), ("optimizer", check_optimizer),
                          ("lr_schedule", lambda c: check_schedule(c, trainer.epochs)),
-                         ("dataset", check_dataset), ("weighting", lambda c: check_weighting(c, trainer.epochs))):
+                         ("dataset", check_dataset), ("weighting", lambda c: check_weighting(c, trainer.epochs)),
+                         ("lr_schedule", lambda c: check_optimizer_schedule(cfg.optimizer.name, c.name))):
         try:
             check(cfg[group])
         except ConfigError:
