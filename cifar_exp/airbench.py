@@ -263,9 +263,10 @@ class AirbenchSGD(keras.optimizers.SGD):
         first = step_i - self.lookahead_every < ops.maximum(start, 1)
         rho = (self.lookahead_decay ** self.lookahead_every) * self._progress(step) ** self.lookahead_pow
         rho = ops.cast(ops.where(first, 0.0, rho), variable.dtype)
-        averaged = slow + (1 - rho) * (variable - slow)
-        self.assign(slow, ops.where(due, averaged, slow))
-        self.assign(variable, ops.where(due, averaged, variable))
+        fast, slow_value = ops.convert_to_tensor(variable), ops.convert_to_tensor(slow)
+        averaged = slow_value + (1 - rho) * (fast - slow_value)
+        self.assign(slow, ops.where(due, averaged, slow_value))
+        self.assign(variable, ops.where(due, averaged, fast))
 
     def get_config(self):
         config = super().get_config()
