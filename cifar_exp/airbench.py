@@ -15,7 +15,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from cifar_exp.errors import ConfigError
 
 register = keras.saving.register_keras_serializable(package="cifar_exp")
 
@@ -204,7 +203,8 @@ class AirbenchSGD(keras.optimizers.SGD):
     jobs differing only in them reuse one compiled program (compile_cache.py).
 
     - rate: `learning_rate` (the peak, per mean loss) x the Triangle schedule's factor at
-      iterations / total_steps, when `shape` gives one (else the constant rate);
+      iterations / total_steps, when `shape` gives one; x `schedule`'s rate over its peak for any
+      other Keras schedule (whose values are then constants of the step); else constant;
     - decay: w <- w - decay·factor·w each step, outside the momentum (airbench's per-group torch
       decay through momentum equals this at steady state; see `build_airbench_optimizer`);
     - Lookahead (airbench's LookaheadState): from `lookahead_start` (fraction of total_steps), every
@@ -214,10 +214,14 @@ class AirbenchSGD(keras.optimizers.SGD):
       training that drags the weights back, where airbench's rho rises from 0.
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.85, decay=0.0, total_steps=1, shape=None,
+    def __init__(self, learning_rate=0.01, momentum=0.85, decay=0.0, total_steps=1, shape=None, schedule=None,
                  lookahead_every=5, lookahead_decay=0.95, lookahead_pow=3.0, lookahead_start=0.3, **kwargs):
         kwargs.pop("nesterov", None)
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=True, **kwargs)
+        # Any other Keras schedule, as (schedule, its peak): the rate is scaled by schedule(step) / peak.
+        if isinstance(schedule, dict):
+            schedule = (keras.saving.deserialize_keras_object(schedule["schedule"]), schedule["peak"])
+        self.schedule = schedule
         self.decay_value, self.total_steps_value = float(decay), int(total_steps)
         self.shape = None if shape is None else [float(s) for s in shape]  # [start, peak fraction, end]
         self.lookahead_every, self.lookahead_decay = int(lookahead_every), float(lookahead_decay)
@@ -237,7 +241,10 @@ class AirbenchSGD(keras.optimizers.SGD):
         return ops.cast(step, "float32") / self.total_steps
 
     def _factor(self):
-        """The schedule's factor of the peak rate at the current step (1 without a shape)."""
+        """The schedule's factor of the peak rate at the current step (1 without a schedule)."""
+        if self.schedule is not None:
+            schedule, peak = self.schedule
+            return ops.cast(schedule(self._iterations), "float32") / peak
         if self.shape is None:
             return 1.0
         start, peak, end = self.shape
@@ -272,6 +279,8 @@ class AirbenchSGD(keras.optimizers.SGD):
         config = super().get_config()
         config.pop("nesterov", None)
         config.update(decay=self.decay_value, total_steps=self.total_steps_value, shape=self.shape,
+                      schedule=None if self.schedule is None else {
+                          "schedule": keras.saving.serialize_keras_object(self.schedule[0]), "peak": self.schedule[1]},
                       lookahead_every=self.lookahead_every, lookahead_decay=self.lookahead_decay,
                       lookahead_pow=self.lookahead_pow, lookahead_start=self.lookahead_start)
         return config
@@ -292,16 +301,17 @@ def build_airbench_optimizer(cfg, learning_rate, batch_size: int, total_steps: i
     m = float(cfg.momentum)
     per_batch = batch_size / 1024
     scale = per_batch / (1 + 1 / (1 - m))
-    shape = None
-    if isinstance(learning_rate, Triangle):
+    shape = schedule = None
+    if isinstance(learning_rate, Triangle):  # computed from optimizer variables: reused across sweeps
         shape, peak = [learning_rate.start, learning_rate.peak_fraction, learning_rate.end], learning_rate.peak_lr
     elif isinstance(learning_rate, (int, float)):
         peak = float(learning_rate)
-    else:
-        raise ConfigError("lr_schedule.name", type(learning_rate).__name__,
-                          "constant or triangle with optimizer=airbench (it schedules inside the optimizer)")
+    else:  # another Keras schedule of optimizer.lr: its rates are constants of the compiled step
+        peak = float(cfg.lr)
+        schedule = (learning_rate, peak)
     decay = float(cfg.weight_decay or 0.0) * per_batch / (2 - m)
     return AirbenchSGD(learning_rate=peak * scale, momentum=m, decay=decay, total_steps=total_steps, shape=shape,
+                       schedule=schedule,
                        lookahead_every=cfg.lookahead_every, lookahead_decay=cfg.lookahead_decay,
                        lookahead_pow=cfg.lookahead_pow, lookahead_start=cfg.lookahead_start,
                        clipnorm=cfg.get("clipnorm"))

@@ -71,12 +71,6 @@ def check_schedule(cfg, epochs: int) -> None:
                               "a fraction of the training steps in (0, 1)")
 
 
-def check_optimizer_schedule(optimizer_name: str, schedule_name: str) -> None:
-    """optimizer=airbench schedules its rate from its own variables: only constant or triangle."""
-    if optimizer_name == "airbench" and schedule_name not in ("constant", "triangle"):
-        raise ConfigError("lr_schedule.name", schedule_name, "constant or triangle with optimizer=airbench")
-
-
 def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
     """A float (constant) or a keras LearningRateSchedule indexed by optimizer step."""
     import keras

@@ -11,7 +11,7 @@ from cifar_exp.errors import ConfigError
 from cifar_exp.initializers import check_init
 from cifar_exp.kfold import check_kfold
 from cifar_exp.models import check_model
-from cifar_exp.optim import check_optimizer, check_optimizer_schedule, check_schedule
+from cifar_exp.optim import check_optimizer, check_schedule
 from cifar_exp.transfer import check_transfer
 from cifar_exp.weighting import check_weighting
 
@@ -68,8 +68,7 @@ def validate(cfg) -> None:
                           "test_* metrics, or val_* with dataset.val_fraction > 0 or dataset.folds set")
     for group, check in (("model", check_model), ("init", check_init), ("optimizer", check_optimizer),
                          ("lr_schedule", lambda c: check_schedule(c, trainer.epochs)),
-                         ("dataset", check_dataset), ("weighting", lambda c: check_weighting(c, trainer.epochs)),
-                         ("lr_schedule", lambda c: check_optimizer_schedule(cfg.optimizer.name, c.name))):
+                         ("dataset", check_dataset), ("weighting", lambda c: check_weighting(c, trainer.epochs))):
         try:
             check(cfg[group])
         except ConfigError:

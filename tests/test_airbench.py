@@ -142,6 +142,11 @@ def test_airbench_optimizer_converts_per_1024_rates_and_schedules_from_variables
     # What differs between sweep jobs is a variable of the optimizer, not a constant of the step.
     names = {v.name for v in optimizer.variables}
     assert {"learning_rate", "decay", "total_steps"} <= names
+    # Any other schedule of optimizer.lr still works, its rates converted the same way.
+    onecycle = build_lr_schedule(compose(["lr_schedule=onecycle"]).lr_schedule, 11.5, steps_per_epoch=10, epochs=10)
+    other = build_optimizer(cfg.optimizer, onecycle, batch_size=1024, total_steps=100)
+    other.iterations.assign(20)  # onecycle's peak (epoch (10 + 1) // 5 = 2)
+    assert float(numpy(other.learning_rate)) == pytest.approx(peak, rel=1e-5)
 
 
 def test_lookahead_copies_then_averages_the_weights_every_few_steps():
@@ -165,7 +170,7 @@ def test_lookahead_copies_then_averages_the_weights_every_few_steps():
     ("model.widths=[8,16]", "model.widths"),
     ("model.batchnorm_momentum=1.5", "model.batchnorm_momentum"),
     ("optimizer.lookahead_every=0", "optimizer.lookahead_every"),
-    ("lr_schedule=onecycle", "lr_schedule.name"),
+    ("lr_schedule.start=2", "lr_schedule.start"),
     ("lr_schedule.peak_fraction=1.0", "lr_schedule.peak_fraction"),
     ("trainer.tta=translate", "trainer.tta"),
 ])
