@@ -27,7 +27,7 @@ if [ "${TRIAL:-0}" = 1 ]; then
   AIRBENCH_X="$SMALL model.widths=[8,16,16] trainer.batch_size=256"
   RESNET9_X="$SMALL model.width=8 trainer.batch_size=256 lr_schedule.peak_epoch=null"
   INIT_X="$SMALL model.width=8 model.dense_units=32"
-  SEEDS_AIR=0,1 SEEDS_R9=0 LIMIT=600
+  SEEDS_AIR=0,1 SEEDS_R9=0 LIMIT=4
 else
   AIRBENCH_X="" RESNET9_X="" INIT_X="dataset.limit_train=10000 trainer.epochs=1"
   SEEDS_AIR=0,1,2,3,4 SEEDS_R9=0,1 LIMIT=1

@@ -200,7 +200,7 @@ class AirbenchSGD(keras.optimizers.SGD):
 
     The hyperparameters that differ between jobs of a sweep (peak rate, decay, total steps) are
     optimizer *variables*, so under JAX they are inputs of the compiled train step, not constants:
-    jobs differing only in them reuse one compiled program (compile_cache.py).
+    jobs differing only in them reuse one compiled program (trainer.compile_cache, backend_setup.py).
 
     - rate: `learning_rate` (the peak, per mean loss) x the Triangle schedule's factor at
       iterations / total_steps, when `shape` gives one; x `schedule`'s rate over its peak for any
