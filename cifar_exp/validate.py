@@ -47,7 +47,8 @@ def validate(cfg) -> None:
                        ("sweep.rerun", cfg.sweep.rerun), ("mlflow.log_model", cfg.mlflow.log_model)):
         if not isinstance(value, bool):
             raise ConfigError(key, value, "true or false")
-    if not (isinstance(trainer.tta, bool) or trainer.tta in TTA_LEVELS):
+    # Strings checked as strings: 1 == True would pass a plain membership test.
+    if not (isinstance(trainer.tta, bool) or isinstance(trainer.tta, str) and trainer.tta in TTA_LEVELS):
         raise ConfigError("trainer.tta", trainer.tta, "false, true (= flip), flip or flip_translate")
     check_backend_settings(trainer)
     smoothing = trainer.label_smoothing
