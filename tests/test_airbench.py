@@ -188,3 +188,21 @@ def test_a_tiny_airbench_run_learns_synthetic_data(fake_tracker):
     assert metrics["test_accuracy"] > 0.3  # 10 classes: chance is 0.1 (16 steps of a tiny network)
     lrs = [m["lr"] for _, m in fake_tracker.metrics if "lr" in m]
     assert lrs[0] != lrs[-1]  # the triangle schedule moved the rate
+
+
+def test_an_interrupted_airbench_job_resumes_with_its_optimizer_state(fake_tracker, tmp_path):
+    """The checkpoint holds AirbenchSGD's extra variables (slow weights, decay, total steps)."""
+    from cifar_exp import train
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    cfg = compose(TINY + ["trainer.jit_compile=false", "optimizer.lookahead_start=0.0"])
+    folder = str(tmp_path / "checkpoint")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, fake_tracker, checkpoint_dir=folder, extra_callbacks=[StopAfterFirstEpoch()])
+    assert train.Checkpoint.finished_epochs(folder) == 1
+    metrics = train.run(cfg, fake_tracker, checkpoint_dir=folder)
+    assert math.isfinite(metrics["test_accuracy"])
+    assert [step for step, m in fake_tracker.metrics if "loss" in m] == [1, 2]
