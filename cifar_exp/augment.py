@@ -11,12 +11,16 @@ import functools
 import numpy as np
 
 PREPROCESSING = ("scale", "per_image_standardization", "mean_std")
-AUGMENTATIONS = ("none", "flip", "crop_flip", "crop_flip_cutout")
+AUGMENTATIONS = ("none", "flip", "crop_flip", "crop_flip_cutout", "flip_translate")
+# trainer.tta: false | true (= flip) | flip | flip_translate
+TTA_LEVELS = (False, True, "flip", "flip_translate")
 
 # seed 003's recipe on 32-pixel images: reflect-pad 4 then crop 32, cutout 8x8. Scaled with the
 # image side so STL-10 (96 px) and MNIST (28 px) get the same relative jitter.
 CROP_PAD_PER_SIDE = 1 / 8
 CUTOUT_PER_SIDE = 1 / 4
+# airbench's translation: reflect-pad 2 then crop 32 (a shift of up to 2 pixels each way).
+TRANSLATE_PER_SIDE = 1 / 16
 
 
 def build_preprocessing(name: str, x_train: np.ndarray):
@@ -42,6 +46,8 @@ def build_augmentation(name: str, image_shape):
     if name not in AUGMENTATIONS:
         raise ValueError(f"dataset.augment={name!r}: expected one of {', '.join(AUGMENTATIONS)}")
     side = min(image_shape[:2])
+    if name == "flip_translate":  # airbench94's flip and 2-pixel translation (random flip, not alternating)
+        return _layers().Augment(pad=max(1, round(side * TRANSLATE_PER_SIDE)), flip=True, name=name)
     crop = "crop" in name
     return _layers().Augment(
         pad=max(1, round(side * CROP_PAD_PER_SIDE)) if crop else 0,
@@ -53,6 +59,17 @@ def with_flip_tta(core):
     """`core` with flip test-time augmentation: at inference the mean of the logits for each image and
     its mirror image (one call on the batch of 2N), in training `core` alone."""
     return _layers().FlipTTA(core, name="flip_tta")
+
+
+def with_tta(core, level):
+    """`core` under the `trainer.tta` level: itself (false), flip TTA (true, flip), or airbench's flip +
+    translate TTA (flip_translate: half the weight on the image and its mirror, a quarter each on both
+    shifted by one pixel up-left and down-right, each with its mirror: one batch of 6N)."""
+    if level is False:
+        return core
+    if level == "flip_translate":
+        return _layers().FlipTranslateTTA(core, name="flip_translate_tta")
+    return with_flip_tta(core)
 
 
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -173,9 +190,36 @@ def _layers():
         def compute_output_shape(self, input_shape):
             return self.layer.compute_output_shape(input_shape)
 
+    @register
+    class FlipTranslateTTA(keras.layers.Wrapper):
+        """airbench94's tta_level 2 around the wrapped model, outside training: logits of
+        0.5 x mirror-mean(x) + 0.25 x mirror-mean(x shifted 1 px up-left) + 0.25 x mirror-mean(x shifted
+        1 px down-right), shifts by reflect padding; one call on a batch of 6N, averaged in float32.
+        In training the model sees x alone."""
+
+        def __init__(self, layer, **kwargs):
+            kwargs.setdefault("dtype", "float32")
+            super().__init__(layer, **kwargs)
+
+        def call(self, x, training=None):
+            if training:
+                return ops.cast(self.layer(x, training=True), self.compute_dtype)
+            h, w = x.shape[1], x.shape[2]
+            padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
+            views = [x, padded[:, :h, :w], padded[:, 2:h + 2, 2:w + 2]]
+            views += [ops.flip(v, axis=2) for v in views]
+            logits = ops.split(ops.cast(self.layer(ops.concatenate(views, axis=0), training=False),
+                                        self.compute_dtype), 6, axis=0)
+            plain, up_left, down_right = [(logits[i] + logits[i + 3]) / 2 for i in range(3)]
+            return 0.5 * plain + 0.25 * up_left + 0.25 * down_right
+
+        def compute_output_shape(self, input_shape):
+            return self.layer.compute_output_shape(input_shape)
+
     class Namespace:
         pass
 
     ns = Namespace()
     ns.PerImageStandardization, ns.Augment, ns.FlipTTA = PerImageStandardization, Augment, FlipTTA
+    ns.FlipTranslateTTA = FlipTranslateTTA
     return ns

@@ -90,6 +90,7 @@ def run_job(cfg, context: JobContext) -> float:
     try:
         if resumed is None:
             tracker.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        configure_backend(cfg, context, tracker)
         metrics = run_task(cfg, tracker, checkpoint_dir)
         value = float(metrics[cfg.optimized_metric])
     except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP (signals.Stopped): ends a sweep too
@@ -206,10 +207,21 @@ def run_task(cfg, tracker, checkpoint_dir: str | None) -> dict[str, float]:
                      extra_callbacks=distribute.sync_check_callbacks(cfg.trainer.strategy, tracker))
 
 
+def configure_backend(cfg, context: JobContext, tracker=None) -> None:
+    """Compile cache and GPU memory (backend_setup.py), before run_task first imports Keras; under
+    the joblib launcher jobs share the GPU, so `trainer.gpu_memory=auto` grows."""
+    from cifar_exp import backend_setup
+
+    applied = backend_setup.configure(cfg.trainer, shared_gpu=context.choices.get("hydra/launcher") == "joblib")
+    if tracker is not None and applied:
+        tracker.set_tags({f"env.{key}": value for key, value in applied.items()})
+
+
 def _run_as_worker(cfg, context: JobContext) -> float:
     """A non-chief worker of a multi-worker job: validates and trains in step with the chief, but opens
     no MLflow run (the chief's run holds the results) and logs nothing there."""
     validate(cfg)
+    configure_backend(cfg, context)
     checkpoint_dir = checkpoints.folder(context.output_dir, config_hash(cfg)) if cfg.trainer.checkpoint else None
     try:
         metrics = run_task(cfg, tracking.NullTracker(), checkpoint_dir)
@@ -223,7 +235,7 @@ def _run_as_worker(cfg, context: JobContext) -> float:
 
 # Keys that do not change what a job computes: a run differing only in them is the same job.
 CONFIG_HASH_IGNORES = ("resume", "sweep", "mlflow", "tags", "trainer.verbose", "trainer.checkpoint",
-                       "trainer.data_on_device")
+                       "trainer.data_on_device", "trainer.compile_cache", "trainer.gpu_memory")
 # Keys added after runs were already recorded, with the value that means "as before": they
 # count only when set otherwise, so earlier runs keep their hash (and are skipped or resumed).
 CONFIG_HASH_SINCE = {"trainer.tta": False, "trainer.label_smoothing": 0.0}

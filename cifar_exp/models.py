@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from cifar_exp.errors import ConfigError
 
-MODEL_NAMES = ("simple_cnn", "allcnn_c", "alexnet", "resnet50", "lenet", "resnet9")
+MODEL_NAMES = ("simple_cnn", "allcnn_c", "alexnet", "resnet50", "lenet", "resnet9", "airbench")
 
 
 def build_model(cfg, input_shape, num_classes: int):
     """Dispatch on `model.name`; every other field of cfg.model is a builder argument."""
     builders = {
         "simple_cnn": simple_cnn, "allcnn_c": allcnn_c, "alexnet": alexnet,
-        "resnet50": resnet50, "lenet": lenet, "resnet9": resnet9,
+        "resnet50": resnet50, "lenet": lenet, "resnet9": resnet9, "airbench": airbench,
     }
     if cfg.name not in builders:
         raise ConfigError("model.name", cfg.name, ", ".join(MODEL_NAMES))
@@ -142,6 +142,13 @@ def resnet9(input_shape, num_classes, width=64, dropout=0.05, logit_scale=0.125)
     return Model(inputs, layers.Rescaling(logit_scale, name="logit_scale")(x), name="resnet9")
 
 
+def airbench(input_shape, num_classes, **kwargs):
+    """airbench94's network (airbench.py, which imports Keras)."""
+    from cifar_exp import airbench as module
+
+    return module.airbench(input_shape, num_classes, **kwargs)
+
+
 def check_model(cfg) -> None:
     """Model fields by kind: rates in [0, 1), sizes positive integers, penalties >= 0."""
     if cfg.name not in MODEL_NAMES:
@@ -156,3 +163,26 @@ def check_model(cfg) -> None:
             raise ConfigError(f"model.{key}", value, "a number >= 0 (0 disables it)")
         if key == "logit_scale" and not (number and value > 0):
             raise ConfigError(f"model.{key}", value, "a positive number")
+    if cfg.name == "airbench":
+        check_airbench(cfg)
+
+
+def check_airbench(cfg) -> None:
+    """Raise ConfigError for an airbench model config that cannot be built."""
+    widths = cfg.get("widths")
+    if isinstance(widths, str) or not hasattr(widths, "__len__") or len(widths) != 3 or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise ConfigError("model.widths", widths, "three positive integers (the conv groups' channels)")
+    for key in ("whiten_kernel", "whiten_bias_epochs"):
+        value = cfg.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= (1 if key == "whiten_kernel" else 0)):
+            raise ConfigError(f"model.{key}", value, "a positive integer" if key == "whiten_kernel" else
+                              "an integer >= 0 (0: the whitening bias never trains)")
+    momentum = cfg.get("batchnorm_momentum")
+    if not (isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and 0 <= momentum < 1):
+        raise ConfigError("model.batchnorm_momentum", momentum, "a number in [0, 1)")
+    for key in ("bias_lr_scale", "logit_scale"):
+        value = cfg.get(key)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+            raise ConfigError(f"model.{key}", value, "a positive number")
+

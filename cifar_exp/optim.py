@@ -18,8 +18,10 @@ OPTIMIZERS = {
     "adagrad": ("Adagrad", {}, ()),
     "rmsprop": ("RMSprop", {}, ("momentum",)),
     "nadam": ("Nadam", {}, ()),
+    # airbench.AirbenchSGD: Nesterov SGD, rate and decay per 1,024 examples, Lookahead.
+    "airbench": ("AirbenchSGD", {}, ("momentum",)),
 }
-SCHEDULES = ("constant", "piecewise", "onecycle", "cosine", "exponential")
+SCHEDULES = ("constant", "piecewise", "onecycle", "cosine", "exponential", "triangle")
 
 
 def check_optimizer(cfg) -> None:
@@ -31,6 +33,14 @@ def check_optimizer(cfg) -> None:
     for key in ("weight_decay", "clipnorm"):
         if cfg.get(key) is not None:
             _positive(f"optimizer.{key}", cfg[key], "null or a positive number")
+    if cfg.name == "airbench":
+        every = cfg.get("lookahead_every")
+        if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
+            raise ConfigError("optimizer.lookahead_every", every, "a positive integer (steps)")
+        for key in ("lookahead_decay", "lookahead_start"):
+            if not (_is_number(cfg.get(key)) and 0 <= cfg.get(key) <= 1):
+                raise ConfigError(f"optimizer.{key}", cfg.get(key), "a number in [0, 1]")
+        _positive("optimizer.lookahead_pow", cfg.get("lookahead_pow"))
 
 
 def check_schedule(cfg, epochs: int) -> None:
@@ -52,6 +62,13 @@ def check_schedule(cfg, epochs: int) -> None:
     if cfg.name == "exponential":
         _positive("lr_schedule.decay_rate", cfg.decay_rate)
         _positive("lr_schedule.decay_epochs", cfg.decay_epochs)
+    if cfg.name == "triangle":
+        for key in ("start", "end"):
+            if not (_is_number(cfg.get(key)) and 0 <= cfg.get(key) <= 1):
+                raise ConfigError(f"lr_schedule.{key}", cfg.get(key), "a factor of the peak rate in [0, 1]")
+        if not (_is_number(cfg.get("peak_fraction")) and 0 < cfg.get("peak_fraction") < 1):
+            raise ConfigError("lr_schedule.peak_fraction", cfg.get("peak_fraction"),
+                              "a fraction of the training steps in (0, 1)")
 
 
 def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
@@ -80,12 +97,22 @@ def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
         return schedules.CosineDecay(float(lr), total, alpha=cfg.alpha)
     if cfg.name == "exponential":
         return schedules.ExponentialDecay(float(lr), cfg.decay_epochs * steps_per_epoch, cfg.decay_rate)
+    if cfg.name == "triangle":
+        from cifar_exp.schedules import Triangle
+
+        return Triangle(float(lr), epochs * steps_per_epoch, cfg.start, cfg.peak_fraction, cfg.end)
     raise ConfigError("lr_schedule.name", cfg.name, ", ".join(SCHEDULES))
 
 
-def build_optimizer(cfg, learning_rate):
+def build_optimizer(cfg, learning_rate, batch_size: int | None = None, total_steps: int | None = None):
+    """The Keras optimizer for `cfg` (the `optimizer` group) and a rate or schedule; `batch_size` and
+    `total_steps` are needed by optimizer=airbench only (its rates are per 1,024 examples)."""
     import keras
 
+    if cfg.name == "airbench":
+        from cifar_exp.airbench import build_airbench_optimizer
+
+        return build_airbench_optimizer(cfg, learning_rate, batch_size, total_steps)
     class_name, fixed, fields = OPTIMIZERS[cfg.name]
     kwargs = dict(fixed, learning_rate=learning_rate)
     kwargs.update({k: cfg[k] for k in fields if k in cfg})

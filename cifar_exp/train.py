@@ -151,7 +151,7 @@ class EpochLogger(keras.callbacks.Callback):
 
 def build_classifier(cfg, data: DataSplits, build_core=None):
     """uint8 images -> preprocessing -> augmentation (training only) -> model -> float32 logits;
-    with `trainer.tta`, inference averages the model's logits for each image and its mirror image.
+    with `trainer.tta`, inference averages the model's logits over the image's mirror (and shifted) views.
 
     `build_core(cfg, data)`, when given, returns the initialised model instead (transfer.py's adapters).
     """
@@ -162,11 +162,16 @@ def build_classifier(cfg, data: DataSplits, build_core=None):
         apply_init(core, cfg.init)
         apply_l2(core, cfg.model.get("kernel_l2", 0.0), cfg.model.get("bias_l2", 0.0))
     inputs = keras.Input(data.image_shape, dtype="uint8", name="images")
-    x = augment.build_preprocessing(cfg.dataset.preprocess, data.x_train)(inputs)
+    preprocessing = augment.build_preprocessing(cfg.dataset.preprocess, data.x_train)
+    if build_core is None and cfg.model.name == "airbench":  # its first layer whitens the training images' patches
+        from cifar_exp.airbench import WHITENING_IMAGES, fit_whitening
+
+        fit_whitening(core, ops.convert_to_numpy(preprocessing(data.x_train[:WHITENING_IMAGES])))
+    x = preprocessing(inputs)
     augmentation = augment.build_augmentation(cfg.dataset.augment, data.image_shape)
     if augmentation is not None:
         x = augmentation(x)
-    network = augment.with_flip_tta(core) if cfg.trainer.tta else core
+    network = augment.with_tta(core, cfg.trainer.tta)
     # Under mixed precision the logits, softmax and loss stay float32.
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(network(x))
     return keras.Model(inputs, logits, name=f"{core.name}_classifier")
@@ -242,7 +247,8 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         metrics = [accuracy, keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="cross_entropy")]
         if spl is not None:  # train_pass: targets carry sample indices so losses are recorded by index
             loss, metrics = spl.adapt_compile(loss, metrics)
-        model.compile(optimizer=build_optimizer(cfg.optimizer, schedule), loss=loss, metrics=metrics,
+        optimizer = build_optimizer(cfg.optimizer, schedule, batch_size=batch_size, total_steps=epochs * steps_per_epoch)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                       jit_compile=cfg.trainer.jit_compile)
 
     targets = data.y_train if spl is None else spl.targets
@@ -260,6 +266,10 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         from cifar_exp.pruning import build_trial_callback
 
         callbacks.append(build_trial_callback(cfg, tracker))
+    if cfg.model.name == "airbench" and build_core is None:
+        from cifar_exp.airbench import training_callbacks
+
+        callbacks += training_callbacks(cfg.model, classifier)
     callbacks += extra_callbacks
     # First, so an epoch's line is out before a later callback stops the job in it.
     callbacks.insert(0, console.progress_callback(epochs, data.eval_split, on_cpu=not has_accelerator(),

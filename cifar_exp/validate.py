@@ -6,6 +6,8 @@ import logging
 
 from omegaconf import OmegaConf
 
+from cifar_exp.augment import TTA_LEVELS
+from cifar_exp.backend_setup import check_backend_settings
 from cifar_exp.data import check_dataset
 from cifar_exp.distribute import STRATEGIES
 from cifar_exp.errors import ConfigError
@@ -46,10 +48,13 @@ def validate(cfg) -> None:
     if trainer.data_on_device not in ("auto", True, False):
         raise ConfigError("trainer.data_on_device", trainer.data_on_device, "auto, true or false")
     for key, value in (("trainer.deterministic", trainer.deterministic), ("trainer.checkpoint", trainer.checkpoint),
-                       ("trainer.tta", trainer.tta),
                        ("sweep.rerun", cfg.sweep.rerun), ("mlflow.log_model", cfg.mlflow.log_model)):
         if not isinstance(value, bool):
             raise ConfigError(key, value, "true or false")
+    # Strings checked as strings: 1 == True would pass a plain membership test.
+    if not (isinstance(trainer.tta, bool) or isinstance(trainer.tta, str) and trainer.tta in TTA_LEVELS):
+        raise ConfigError("trainer.tta", trainer.tta, "false, true (= flip), flip or flip_translate")
+    check_backend_settings(trainer)
     smoothing = trainer.label_smoothing
     if not (isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) and 0 <= smoothing < 1):
         raise ConfigError("trainer.label_smoothing", smoothing, "a number in [0, 1) (0: no smoothing)")

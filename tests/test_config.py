@@ -43,7 +43,7 @@ def test_help_lists_groups_without_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cifar_exp", "--help"], cwd=tmp_path,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "model: alexnet, allcnn_c, lenet, resnet50, resnet9, simple_cnn" in result.stdout
+    assert "model: airbench, alexnet, allcnn_c, lenet, resnet50, resnet9, simple_cnn" in result.stdout
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "tensorflow" not in imported and "keras" not in imported
 

@@ -147,8 +147,8 @@ def test_smoothing_through_self_paced_learnings_label_column():
 # Configuration
 
 @pytest.mark.parametrize("override,key,allowed", [
-    ("trainer.tta=flip", "trainer.tta", "true or false"),
-    ("trainer.tta=1", "trainer.tta", "true or false"),
+    ("trainer.tta=mirror", "trainer.tta", "false, true (= flip), flip or flip_translate"),
+    ("trainer.tta=1", "trainer.tta", "false, true (= flip), flip or flip_translate"),
     ("trainer.label_smoothing=1", "trainer.label_smoothing", "[0, 1)"),
     ("trainer.label_smoothing=-0.1", "trainer.label_smoothing", "[0, 1)"),
     ("trainer.label_smoothing=nan", "trainer.label_smoothing", "[0, 1)"),

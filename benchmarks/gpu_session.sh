@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# One GPU session's measurements for issue 15, prepared to run once on a lent device (at most ~9 minutes
+# of the 15 by the parts' timeouts, start-up aside; run the device call with timeout_s 570 or more). Each part has its own timeout and writes its summary to $OUT as soon as
+# it ends, so a part cut short keeps what the others measured. From the repository root, on the device:
+#
+#   source .device/env.sh && bash benchmarks/gpu_session.sh .device/cifar10-jpeg.tar.gz
+#
+# (see /work/shared/device/README.md: env.sh sets KERAS_BACKEND=jax, PYTHONPATH and the wheels).
+# Parts: 1. experiment=airbench, 5 seeds; 2. experiment=resnet9, 2 seeds; 3. a 4-job lr x seed sweep of
+# airbench in one process (does the second job load the first's compiled step?); 4. a reduced
+# init_comparison under the joblib launcher at n_jobs 1, 2, 4 (several jobs on one GPU, gpu_memory=auto).
+# Every summary holds per job: test accuracy, process start -> run closed (MLflow's start/end), each
+# epoch's seconds (the first includes compilation), the GPU and versions, the date.
+#
+# A CPU trial with tiny settings (4 minutes on the 2-core VM, 2026-11-30; meaningless numbers; it
+# checks that every part runs and writes its summary):
+#   TRIAL=1 OUT=/tmp/gpu_trial bash benchmarks/gpu_session.sh /work/shared/data/cifar10-jpeg.tar.gz
+set -u
+DATA=${1:?usage: gpu_session.sh /path/to/cifar10}
+OUT=${OUT:-/tmp/gpu_session}
+WORK=${WORK:-/tmp/gpu_session_work}
+mkdir -p "$OUT" "$WORK"
+PY=${PYTHON:-python}
+LOG="$OUT/session.log"
+# Tiny overrides for a CPU trial, per part; empty on the GPU.
+if [ "${TRIAL:-0}" = 1 ]; then
+  SMALL="dataset.limit_train=512 dataset.limit_test=256 trainer.epochs=1"
+  AIRBENCH_X="$SMALL model.widths=[8,16,16] trainer.batch_size=256"
+  RESNET9_X="$SMALL model.width=8 trainer.batch_size=256 lr_schedule.peak_epoch=null"
+  INIT_X="$SMALL model.width=8 model.dense_units=32"
+  SEEDS_AIR=0,1 SEEDS_R9=0 LIMIT=4
+else
+  AIRBENCH_X="" RESNET9_X="" INIT_X="dataset.limit_train=5000 trainer.epochs=1"
+  SEEDS_AIR=0,1,2,3,4 SEEDS_R9=0,1 LIMIT=1
+fi
+scaled() { echo $(( $1 * LIMIT )); }  # timeouts: the GPU's seconds, or x LIMIT for the CPU trial
+
+say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+summarise() {  # summarise NAME STORE WALL_SECONDS: MLflow runs of STORE -> $OUT/NAME.json
+  "$PY" - "$1" "$2" "$3" "$OUT" <<'EOF'
+import json, sys, datetime, platform
+from mlflow.tracking import MlflowClient
+name, store, wall, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+client = MlflowClient(f"sqlite:///{store}")
+rows = []
+experiments = [e.experiment_id for e in client.search_experiments()]
+for run in client.search_runs(experiments, max_results=1000) if experiments else []:
+    history = lambda key: [round(m.value, 4) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+    rows.append({"run_name": run.info.run_name, "status": run.info.status,
+                 "test_accuracy": run.data.metrics.get("test_accuracy"),
+                 "run_s": None if run.info.end_time is None else (run.info.end_time - run.info.start_time) / 1000,
+                 "start": run.info.start_time / 1000, "epoch_time": history("epoch_time"),
+                 "test_accuracy_per_epoch": history("test_accuracy"),
+                 "tags": {k: v for k, v in run.data.tags.items() if k.startswith(("version.", "env.", "keras_backend"))}})
+rows.sort(key=lambda r: r["start"])
+try:
+    import jax
+    devices = [f"{d.platform}:{d.device_kind}" for d in jax.devices()]
+except Exception as error:
+    devices = [f"unknown ({error})"]
+json.dump({"part": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "devices": devices, "python": platform.python_version(), "sweep_wall_s": wall, "jobs": rows},
+          open(f"{out}/{name}.json", "w"), indent=1)
+accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] is not None]
+print(f"{name}: {len(rows)} runs, wall {wall:.1f} s, test accuracy {accs}, first-epoch s {[r['epoch_time'][:1] for r in rows]}")
+EOF
+}
+part() {  # part NAME TIMEOUT_S OVERRIDES...: one multirun in its own MLflow store, timed from process start
+  local name=$1 limit=$2; shift 2
+  local store="$WORK/$name.db"
+  rm -f "$store"
+  say "part $name: $*"
+  local t0; t0=$(date +%s.%N)
+  timeout "$limit" "$PY" -m cifar_exp --multirun "$@" "dataset.path=$DATA" trainer.verbose=2 trainer.checkpoint=false \
+    "mlflow.tracking_uri=sqlite:///$store" "hydra.sweep.dir=$WORK/$name" 2>&1 \
+    | grep -v -E '^(W|I|E)[0-9]{4} ' | tail -n 40 >> "$LOG"
+  local rc=${PIPESTATUS[0]}
+  local wall; wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  say "part $name: exit $rc, ${wall} s"
+  summarise "$name" "$store" "$wall" 2>&1 | tail -n 3 | tee -a "$LOG"
+}
+
+say "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo none)"
+say "versions: $("$PY" -c 'import keras, jax; print("keras", keras.__version__, "jax", jax.__version__, "backend", keras.backend.backend())' 2>&1 | tail -n 1)"
+say "compile cache: ${JAX_COMPILATION_CACHE_DIR:-trainer.compile_cache=auto}"
+
+# 1. airbench: 5 seeds in one process (the first compiles, the others reuse it).
+part airbench "$(scaled 180)" experiment=airbench "seed=$SEEDS_AIR" $AIRBENCH_X
+# 2. ResNet-9's 24-epoch recipe, 2 seeds: the reference.
+part resnet9 "$(scaled 120)" experiment=resnet9 "seed=$SEEDS_R9" $RESNET9_X
+# 3. lr x seed: do jobs differing in optimizer.lr reuse the compiled step (first-epoch seconds)?
+# 3 epochs each: the question is the first epoch's seconds, not the accuracy.
+part lr_sweep "$(scaled 75)" experiment=airbench optimizer.lr=9.0,13.0 seed=10,11 trainer.epochs=3 $AIRBENCH_X
+# 4. several jobs on one GPU: 4 init_comparison jobs at n_jobs 1, 2, 4 (sweep wall time). Not
+# init=orthogonal: with the preset's init.bias=same it fails on 1-D biases (a known bug, reported).
+for n in 1 2 4; do
+  part "init_n$n" "$(scaled 50)" experiment=init_comparison init=he_normal,glorot_uniform,he_uniform,lecun_normal \
+    seed=0 hydra/launcher=joblib "hydra.launcher.n_jobs=$n" $INIT_X
+done
+say "done"
