@@ -50,6 +50,7 @@ def run_job(cfg, context: JobContext) -> float:
         return _run_as_worker(cfg, context)
     try:
         validate(cfg)
+        backend_env = configure_backend(cfg, context)  # before anything imports Keras (check_devices does)
         check_devices(cfg)
         if cfg.task != "kfold_poly":  # kfold_poly generates its data
             find_data(cfg.dataset)
@@ -90,7 +91,8 @@ def run_job(cfg, context: JobContext) -> float:
     try:
         if resumed is None:
             tracker.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        configure_backend(cfg, context, tracker)
+        if backend_env:
+            tracker.set_tags({f"env.{key}": value for key, value in backend_env.items()})
         metrics = run_task(cfg, tracker, checkpoint_dir)
         value = float(metrics[cfg.optimized_metric])
     except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP (signals.Stopped): ends a sweep too
@@ -207,14 +209,13 @@ def run_task(cfg, tracker, checkpoint_dir: str | None) -> dict[str, float]:
                      extra_callbacks=distribute.sync_check_callbacks(cfg.trainer.strategy, tracker))
 
 
-def configure_backend(cfg, context: JobContext, tracker=None) -> None:
-    """Compile cache and GPU memory (backend_setup.py), before run_task first imports Keras; under
-    the joblib launcher jobs share the GPU, so `trainer.gpu_memory=auto` grows."""
+def configure_backend(cfg, context: JobContext) -> dict[str, str]:
+    """Compile cache and GPU memory (backend_setup.py), before anything imports Keras; under the
+    joblib launcher jobs share the GPU, so `trainer.gpu_memory=auto` grows. Returns the environment
+    variables it set (tagged `env.<name>` on the run)."""
     from cifar_exp import backend_setup
 
-    applied = backend_setup.configure(cfg.trainer, shared_gpu=context.choices.get("hydra/launcher") == "joblib")
-    if tracker is not None and applied:
-        tracker.set_tags({f"env.{key}": value for key, value in applied.items()})
+    return backend_setup.configure(cfg.trainer, shared_gpu=context.choices.get("hydra/launcher") == "joblib") or {}
 
 
 def _run_as_worker(cfg, context: JobContext) -> float:

@@ -192,7 +192,7 @@ def test_a_tiny_airbench_run_learns_synthetic_data(fake_tracker):
 
 def test_an_interrupted_airbench_job_resumes_with_its_optimizer_state(fake_tracker, tmp_path):
     """The checkpoint holds AirbenchSGD's extra variables (slow weights, decay, total steps)."""
-    from cifar_exp import train
+    from cifar_exp import checkpoints, train
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -202,7 +202,7 @@ def test_an_interrupted_airbench_job_resumes_with_its_optimizer_state(fake_track
     folder = str(tmp_path / "checkpoint")
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, fake_tracker, checkpoint_dir=folder, extra_callbacks=[StopAfterFirstEpoch()])
-    assert train.Checkpoint.finished_epochs(folder) == 1
+    assert checkpoints.restore_point(folder) == 1
     metrics = train.run(cfg, fake_tracker, checkpoint_dir=folder)
     assert math.isfinite(metrics["test_accuracy"])
     assert [step for step, m in fake_tracker.metrics if "loss" in m] == [1, 2]

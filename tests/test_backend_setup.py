@@ -81,19 +81,22 @@ def test_the_settings_do_not_change_the_config_hash():
 
 
 def test_a_job_sets_the_environment_before_the_backend_is_imported(tmp_path):
-    """In a fresh process, run_job applies the settings before run_task imports Keras/JAX."""
+    """In a fresh process, run_job applies the settings before the first step that imports Keras/JAX
+    (check_devices counts the replicas before the run opens; run_task trains)."""
     script = textwrap.dedent(f"""
         import os, sys
         os.environ["KERAS_BACKEND"] = "jax"
         from conftest import compose
         from cifar_exp import job
         seen = {{}}
-        def fake_run_task(cfg, tracker, checkpoint_dir):
-            seen.update(jax_imported="jax" in sys.modules, keras_imported="keras" in sys.modules,
-                        cache=os.environ.get("JAX_COMPILATION_CACHE_DIR"),
-                        prealloc=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
+        def first_backend_step(*args):
+            if not seen:
+                seen.update(jax_imported="jax" in sys.modules, keras_imported="keras" in sys.modules,
+                            cache=os.environ.get("JAX_COMPILATION_CACHE_DIR"),
+                            prealloc=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
             return {{"test_accuracy": 0.5}}
-        job.run_task = fake_run_task
+        job.check_devices = first_backend_step
+        job.run_task = first_backend_step
         cfg = compose(["dataset=synthetic", "trainer.compile_cache={tmp_path}/cc",
                        "mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"])
         job.run_job(cfg, job.JobContext(output_dir="{tmp_path}/out", choices={{"hydra/launcher": "joblib"}}))
