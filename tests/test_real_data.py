@@ -20,7 +20,6 @@ pytestmark = [
 
 def cifar10(cache_dir, **changes):
     cfg = OmegaConf.load(CONF / "dataset" / "cifar10.yaml")  # path: ${oc.env:CIFAR10_PATH}
-    cfg.preprocess, cfg.augment = "mean_std", "crop_flip"  # left ??? there: a model's recipe sets them
     cfg.cache_dir = str(cache_dir)
     for key, value in changes.items():
         cfg[key] = value

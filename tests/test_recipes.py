@@ -59,13 +59,12 @@ def test_command_line_groups_and_values_win_over_the_recipe(model):
     assert cfg.optimizer.name == RECIPES[model][1]
 
 
-def test_a_dataset_with_its_own_preprocessing_keeps_it():
-    # MNIST's digits must not be flipped whatever the model's recipe on CIFAR-10 does.
-    mnist = compose(["dataset=mnist"])
-    assert (mnist.dataset.preprocess, mnist.dataset.augment) == ("scale", "none")
-    assert mnist.trainer.batch_size == 512 and mnist.optimizer.name == "nesterov"  # the rest: resnet9's recipe
+def test_the_recipe_applies_to_any_dataset_unless_chosen():
     synthetic = compose(["model=allcnn_c", "dataset=synthetic"])
-    assert (synthetic.dataset.preprocess, synthetic.dataset.augment) == ("scale", "none")
+    assert (synthetic.dataset.name, synthetic.dataset.preprocess, synthetic.dataset.augment) == (
+        "synthetic", "per_image_standardization", "none")
+    mnist = compose(["model=resnet9", "dataset=mnist", "dataset.augment=none"])  # no flipped digits
+    assert (mnist.dataset.preprocess, mnist.dataset.augment) == ("mean_std", "none")
 
 
 def test_an_experiment_overlay_wins_over_the_recipe():
