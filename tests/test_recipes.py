@@ -12,7 +12,7 @@ RECIPES = {
     "simple_cnn": ("default", "adam", 0.001, "constant", 10, 32, "scale", "none"),
     "allcnn_c": ("default", "momentum", 0.021, "piecewise", 150, 32, "per_image_standardization", "none"),
     "alexnet": ("default", "adam", 0.001, "constant", 5, 32, "scale", "none"),
-    "resnet50": ("default", "adagrad", 0.001, "constant", 5, 32, "scale", "none"),
+    "resnet50": ("default", "adam", 0.001, "constant", 5, 32, "scale", "none"),
     "lenet": ("default", "adam", 0.001, "constant", 10, 32, "scale", "none"),
     "resnet9": ("torch_uniform", "nesterov", 0.4, "onecycle", 24, 512, "mean_std", "crop_flip"),
 }
