@@ -52,7 +52,8 @@ def readme_own_configs(folder: Path) -> list[str]:
 def test_a_folder_of_ones_own_configs_adds_a_model_and_an_experiment(tmp_path):
     from cifar_exp.validate import validate
 
-    assert readme_own_configs(tmp_path) == ["model/simple_cnn_wide.yaml", "experiment/wide_adam.yaml"]
+    assert readme_own_configs(tmp_path) == ["model/simple_cnn_wide.yaml", "recipe/simple_cnn_wide.yaml",
+                                            "experiment/wide_adam.yaml"]
     searchpath = f"hydra.searchpath=[file://{tmp_path}]"
 
     wide = compose([searchpath, "model=simple_cnn_wide"]).model
@@ -64,7 +65,7 @@ def test_a_folder_of_ones_own_configs_adds_a_model_and_an_experiment(tmp_path):
     cfg = compose([searchpath, "experiment=wide_adam"])
     assert (cfg.model.width, cfg.optimizer.name, cfg.lr_schedule.name, cfg.trainer.epochs) == \
            (64, "adam", "constant", 10)
-    assert cfg.trainer.batch_size == compose().trainer.batch_size  # what the overlay leaves alone
+    assert cfg.trainer.batch_size == compose(["model=simple_cnn"]).trainer.batch_size  # simple_cnn's recipe
     validate(cfg)
 
 
