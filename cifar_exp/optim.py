@@ -71,6 +71,13 @@ def check_schedule(cfg, epochs: int) -> None:
                               "a fraction of the training steps in (0, 1)")
 
 
+def default_peak_epoch(epochs: int) -> float:
+    """One-cycle's peak (in epochs) when `lr_schedule.peak_epoch` is null: seed 003's rule
+    (epochs + 1) // 5 (5 of 24), or 5/24 of the run where that rule gives 0 (under 4 epochs),
+    so that a short run still warms up instead of starting at the peak rate."""
+    return (epochs + 1) // 5 or epochs * 5 / 24
+
+
 def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
     """A float (constant) or a keras LearningRateSchedule indexed by optimizer step."""
     import keras
@@ -87,8 +94,8 @@ def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
     if cfg.name == "onecycle":
         from cifar_exp.schedules import OneCycle
 
-        peak_epoch = (epochs + 1) // 5 if cfg.peak_epoch is None else cfg.peak_epoch
-        return OneCycle(float(lr), peak_epoch * steps_per_epoch, epochs * steps_per_epoch)
+        peak_epoch = default_peak_epoch(epochs) if cfg.peak_epoch is None else cfg.peak_epoch
+        return OneCycle(float(lr), round(peak_epoch * steps_per_epoch), epochs * steps_per_epoch)
     if cfg.name == "cosine":
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         total = epochs * steps_per_epoch

@@ -66,7 +66,15 @@ def test_optimizers_are_keras_classes_with_config_fields(name, keras_class, extr
         assert getattr(optimizer, key) == pytest.approx(value)
 
 
-def test_onecycle_with_few_epochs_peaks_by_the_seeds_rule():
-    schedule = build("onecycle", 0.4, 1)  # (1 + 1) // 5 = 0: start at the peak, decay to 0
-    assert lr_at(schedule, 1) == pytest.approx(0.4)
-    assert lr_at(schedule, 1, 50) == pytest.approx(0.2)
+def test_onecycle_shorter_than_four_epochs_still_warms_up():
+    # The seed's (epochs + 1) // 5 is 0 here; starting at 0.4 left ResNet-9 at chance on a short
+    # run (issue 12), so the peak falls at 5/24 of the run, as 5 of the seed's 24 epochs.
+    schedule = build("onecycle", 0.4, 3)
+    peak_step = round(3 * 5 / 24 * STEPS_PER_EPOCH)  # 62 of 300 steps
+    assert lr_at(schedule, 1) == 0.0
+    assert lr_at(schedule, 1, peak_step // 2) == pytest.approx(0.4 * (peak_step // 2) / peak_step)
+    assert lr_at(schedule, 1, peak_step) == pytest.approx(0.4)
+    assert float(schedule(3 * STEPS_PER_EPOCH)) == pytest.approx(0.0, abs=1e-7)
+    pinned = build("onecycle", 0.4, 1, "lr_schedule.peak_epoch=0")  # chosen: start at the peak
+    assert lr_at(pinned, 1) == pytest.approx(0.4)
+    assert lr_at(pinned, 1, 50) == pytest.approx(0.2)
