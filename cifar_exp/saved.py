@@ -1,7 +1,7 @@
 """Loading a `model.keras` that a run logged (`mlflow.log_model=true`) in a fresh process.
 
 The saved classifier contains this package's layers (augmentation, flip TTA, per-image
-standardisation, transfer's resize) and, when it was the compiled model, its loss, metrics and
+standardisation, transfer's resize, airbench's whitening and scaled biases) and, when it was the compiled model, its loss, metrics and
 optimizer with its learning-rate schedule; Keras can rebuild them only once they are registered
 (`keras.saving.register_keras_serializable(package="cifar_exp")`), which `register_all` does.
 """
@@ -15,7 +15,7 @@ def register_all() -> dict:
     losses, metrics, schedules. Returns Keras' registry entries of this package, name -> class."""
     import keras
 
-    from cifar_exp import augment, losses, metrics, schedules, spl, transfer  # noqa: F401 (registers)
+    from cifar_exp import airbench, augment, losses, metrics, schedules, spl, transfer  # noqa: F401 (registers)
 
     augment.register_layers()
     transfer.register_layers()

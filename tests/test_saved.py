@@ -34,7 +34,7 @@ def _registered_names(path) -> set[str]:
 def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
     import keras
 
-    from cifar_exp import augment, saved, spl, transfer
+    from cifar_exp import airbench, augment, saved, spl, transfer
     from cifar_exp.losses import build_loss
     from cifar_exp.metrics import ConfusionAccuracy
     from cifar_exp.optim import SCHEDULES, build_lr_schedule
@@ -73,13 +73,27 @@ def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
     files.append(tmp_path / "spl.keras")
     model.save(files[-1])
     seen |= _registered_names(files[-1])
+    # ...then airbench: its layers, initializer and optimizer, under its flip+translate TTA.
+    images = np.random.default_rng(1).random((8, 16, 16, 1), dtype="float32")  # 16 px: 3 poolings after a 2x2 valid conv
+    core = airbench.airbench(images.shape[1:], 4, widths=(4, 4, 4))
+    airbench.fit_whitening(core, images)
+    inputs = keras.Input(images.shape[1:])
+    model = keras.Model(inputs, augment.with_tta(core, "flip_translate")(inputs))
+    optimizer_cfg = OmegaConf.load(CONF / "optimizer" / "airbench.yaml")
+    model.compile(optimizer=airbench.build_airbench_optimizer(optimizer_cfg, optimizer_cfg.lr, 4, total_steps=2),
+                  loss=build_loss(0.2), metrics=[ConfusionAccuracy(4)])
+    model.fit(images, y, epochs=1, batch_size=4, verbose=0)
+    files.append(tmp_path / "airbench.keras")
+    model.save(files[-1])
+    seen |= _registered_names(files[-1])
 
     assert seen == set(registry), f"not exercised: {set(registry) - seen}"
     script = ("import sys, numpy as np; from cifar_exp.saved import load_model\n"
               "for path in sys.argv[1:]:\n"
               "    m = load_model(path, compile=True)\n"
               "    assert m.compiled and m.optimizer is not None, path\n"
-              "    print('OK', path, m.predict(np.zeros((2, 8, 8, 1), 'uint8'), verbose=0).shape)\n")
+              "    x = np.zeros((2, 16, 16, 1), 'float32') if 'airbench' in path else np.zeros((2, 8, 8, 1), 'uint8')\n"
+              "    print('OK', path, m.predict(x, verbose=0).shape)\n")
     done = subprocess.run([sys.executable, "-c", script, *map(str, files)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
