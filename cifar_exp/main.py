@@ -82,7 +82,7 @@ def check_command_line(args: list[str]) -> None:
     """Refuse unknown keys before Hydra composes (its hint for them is to add them with `+`),
     and hand a multirun's swept keys to its jobs (through the environment, which every
     launcher passes on). Anything this cannot compose is left to Hydra to report."""
-    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
@@ -92,13 +92,13 @@ def check_command_line(args: list[str]) -> None:
     parsed, _ = get_args_parser().parse_known_args(args)
     os.environ.pop(overrides.SWEPT_KEYS_ENV, None)
     if (parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion or parsed.experimental_rerun
-            or parsed.config_path or parsed.config_dir):  # help, or configs this cannot find as Hydra will
+            or parsed.config_path):  # help, or a primary config folder this cannot find as Hydra will
         return
     config_name = parsed.config_name or "config"
-    if CONFIG_DIR.startswith("pkg://"):
-        context = initialize_config_module(CONFIG_DIR[len("pkg://"):].replace("/", "."), version_base="1.3")
-    else:
-        context = initialize_config_dir(CONFIG_DIR, version_base="1.3")
+    command_line = list(parsed.overrides)
+    if parsed.config_dir:  # `-cd DIR` joins the search path, as Hydra adds it: its options are known too
+        command_line.append(f"hydra.searchpath=[file://{Path(parsed.config_dir).resolve()}]")
+    context = initialize_config_dir(CONFIG_DIR, version_base="1.3")
 
     def composed(group_overrides: list[str]) -> dict:
         cfg = compose(config_name, overrides=group_overrides, return_hydra_config=True)
@@ -107,7 +107,7 @@ def check_command_line(args: list[str]) -> None:
     with context:
         loader = GlobalHydra.instance().config_loader()
         try:
-            params = overrides.check_keys(parsed.overrides, composed, loader.get_group_options)
+            params = overrides.check_keys(command_line, composed, loader.get_group_options)
             swept = overrides.swept_keys(parsed.overrides, params)
         except overrides.UnknownKeyError:
             raise

@@ -41,6 +41,16 @@ def test_keys_of_the_config_pass(args):
     main.check_command_line(args)
 
 
+def test_a_config_dir_of_ones_own_is_checked_with_its_options(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "model" / "wide.yaml").write_text("defaults:\n  - simple_cnn\n  - _self_\nwidth: 64\n")
+    (tmp_path / "recipe" / "wide.yaml").write_text("# @package _global_\ndefaults:\n  - /recipe/simple_cnn\n")
+    main.check_command_line(["-cd", str(tmp_path), "model=wide", "model.width=8"])
+    with pytest.raises(overrides.UnknownKeyError, match=r"did you mean trainer\.epochs\?"):
+        main.check_command_line(["-cd", str(tmp_path), "model=wide", "trainer.epoch=3"])
+
+
 def test_sweeper_params_are_checked_like_the_command_line():
     def compose(groups):
         return {"trainer": {"epochs": 1}, "hydra": {"sweeper": {"params": {"trainer.epoch": "1,2"}}}}
