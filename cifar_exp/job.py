@@ -19,10 +19,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cifar_exp import checkpoints, console, outcome, signals, tracking
-from cifar_exp.distribute import is_chief
+from cifar_exp import console, signals
+from cifar_exp.data.readers import SPECS, DataError, locate
 from cifar_exp.errors import ConfigError
-from cifar_exp.readers import SPECS, DataError, locate
+from cifar_exp.tracking import runs as tracking
+from cifar_exp.training import checkpoints, outcome
+from cifar_exp.training.distribute import is_chief
 from cifar_exp.validate import check_devices, validate
 
 log = logging.getLogger(__name__)
@@ -194,14 +196,15 @@ def find_data(cfg_dataset) -> None:
 
 def run_task(cfg, tracker, checkpoint_dir: str | None) -> dict[str, float]:
     if cfg.task == "kfold_poly":
-        from cifar_exp import kfold  # numpy only
+        from cifar_exp.tasks import kfold  # numpy only
 
         return kfold.run(cfg, tracker)
     if cfg.task == "transfer":
-        from cifar_exp import transfer  # imports Keras
+        from cifar_exp.tasks import transfer  # imports Keras
 
         return transfer.run(cfg, tracker, checkpoint_dir=checkpoint_dir)
-    from cifar_exp import distribute, train  # imports Keras: only once a job really runs
+    from cifar_exp.training import fit as train  # imports Keras: only once a job really runs
+    from cifar_exp.training import distribute
 
     return train.run(cfg, tracker, checkpoint_dir=checkpoint_dir,
                      extra_callbacks=distribute.sync_check_callbacks(cfg.trainer.strategy, tracker))
@@ -210,7 +213,7 @@ def run_task(cfg, tracker, checkpoint_dir: str | None) -> dict[str, float]:
 def configure_backend(cfg, context: JobContext, tracker=None) -> None:
     """Compile cache and GPU memory (backend_setup.py), before run_task first imports Keras; under
     the joblib launcher jobs share the GPU, so `trainer.gpu_memory=auto` grows."""
-    from cifar_exp import backend_setup
+    from cifar_exp.training import backend_setup
 
     applied = backend_setup.configure(cfg.trainer, shared_gpu=context.choices.get("hydra/launcher") == "joblib")
     if tracker is not None and applied:
@@ -354,7 +357,7 @@ def sweep_id(sweep_dir: str) -> str:
     """Shared by every job of one multirun: the id sweep_summary.SweepSummary derived from the
     sweep's definition (so a re-run of a stopped sweep keeps it) and wrote in the sweep folder;
     without it (callbacks replaced), a short hash of the sweep folder's path."""
-    from cifar_exp.sweep_summary import SWEEP_ID_FILE
+    from cifar_exp.sweeps.summary import SWEEP_ID_FILE
 
     saved = Path(sweep_dir) / SWEEP_ID_FILE
     if saved.is_file():

@@ -6,17 +6,17 @@ import logging
 
 from omegaconf import OmegaConf
 
-from cifar_exp.augment import TTA_LEVELS
-from cifar_exp.backend_setup import check_backend_settings
-from cifar_exp.data import check_dataset
-from cifar_exp.distribute import STRATEGIES
+from cifar_exp.data.augment import TTA_LEVELS
+from cifar_exp.data.dataset import check_dataset
 from cifar_exp.errors import ConfigError
-from cifar_exp.initializers import check_init
-from cifar_exp.kfold import check_kfold
-from cifar_exp.models import check_model
-from cifar_exp.optim import check_optimizer, check_schedule
-from cifar_exp.transfer import check_transfer
-from cifar_exp.weighting import check_weighting
+from cifar_exp.models.builders import check_model
+from cifar_exp.models.initializers import check_init
+from cifar_exp.spl.weighting import check_weighting
+from cifar_exp.tasks.kfold import check_kfold
+from cifar_exp.tasks.transfer import check_transfer
+from cifar_exp.training.backend_setup import check_backend_settings
+from cifar_exp.training.distribute import STRATEGIES
+from cifar_exp.training.optim import check_optimizer, check_schedule
 
 log = logging.getLogger(__name__)
 TASKS = ("classify", "kfold_poly", "transfer")
@@ -95,8 +95,8 @@ def check_devices(cfg) -> None:
     """
     if cfg.task == "kfold_poly":  # numpy only: no devices involved
         return
-    from cifar_exp.distribute import check_batch_size, replicas_in_sync
-    from cifar_exp.resident import has_accelerator
+    from cifar_exp.data.resident import has_accelerator
+    from cifar_exp.training.distribute import check_batch_size, replicas_in_sync
 
     strategy = cfg.trainer.strategy
     replicas = replicas_in_sync(strategy)
