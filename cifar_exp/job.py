@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -23,6 +22,7 @@ from cifar_exp import console, signals
 from cifar_exp.data.readers import SPECS, DataError, locate
 from cifar_exp.errors import ConfigError
 from cifar_exp.tracking import runs as tracking
+from cifar_exp.tracking.run_info import git_state
 from cifar_exp.training import checkpoints, outcome
 from cifar_exp.training.distribute import is_chief
 from cifar_exp.validate import check_devices, validate
@@ -195,19 +195,9 @@ def find_data(cfg_dataset) -> None:
 
 
 def run_task(cfg, tracker, checkpoint_dir: str | None) -> dict[str, float]:
-    if cfg.task == "kfold_poly":
-        from cifar_exp.tasks import kfold  # numpy only
+    from cifar_exp.tasks import load  # the task's module, imported only now (classify and transfer import Keras)
 
-        return kfold.run(cfg, tracker)
-    if cfg.task == "transfer":
-        from cifar_exp.tasks import transfer  # imports Keras
-
-        return transfer.run(cfg, tracker, checkpoint_dir=checkpoint_dir)
-    from cifar_exp.training import fit as train  # imports Keras: only once a job really runs
-    from cifar_exp.training import distribute
-
-    return train.run(cfg, tracker, checkpoint_dir=checkpoint_dir,
-                     extra_callbacks=distribute.sync_check_callbacks(cfg.trainer.strategy, tracker))
+    return load(cfg.task).run(cfg, tracker, checkpoint_dir)
 
 
 def configure_backend(cfg, context: JobContext, tracker=None) -> None:
@@ -363,20 +353,6 @@ def sweep_id(sweep_dir: str) -> str:
     if saved.is_file():
         return saved.read_text().strip()
     return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
-
-
-def git_state() -> dict[str, str]:
-    """The commit of the code that ran, and whether it had uncommitted changes."""
-    source = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if commit.returncode != 0:
-        return {}
-    return {"git_commit": commit.stdout.strip(), "git_dirty": str(bool(dirty.stdout.strip())).lower()}
 
 
 def _record_failed_start(cfg, context: JobContext, error: Exception) -> None:

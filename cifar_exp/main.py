@@ -6,20 +6,13 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-
-# The configs, as an absolute path so they are found from any working directory. A wheel
-# (`pip install .`, git+URL, an index) ships the repository's conf/ inside the package as
-# cifar_exp/conf (pyproject.toml's package-dir); an editable install or a source checkout has
-# no cifar_exp/conf and reads the repository's conf/ next to the package.
-_PACKAGE_DIR = Path(__file__).resolve().parent
-CONFIG_DIR = str(_PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parent / "conf")
+from cifar_exp import CONFIG_DIR  # the configs' folder (a wheel's cifar_exp/conf, else the checkout's conf/)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -277,7 +277,7 @@ def _default_mlflow_settings() -> tuple[str, str]:
 
     from omegaconf import OmegaConf
 
-    from cifar_exp.main import CONFIG_DIR
+    from cifar_exp import CONFIG_DIR
 
     conf = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").mlflow
     return os.environ.get("MLFLOW_TRACKING_URI", conf.tracking_uri), conf.experiment_name

@@ -54,8 +54,13 @@ def seed_convs_output_side(side: int) -> int:
     return (side - 4) // 2 - 4 * 4 - 2
 
 
-def check_transfer(cfg) -> None:
+def check(cfg) -> None:
+    """The transfer block, and what it asks of model and dataset; the target is a classifier, so
+    classify's checks apply too. Raises ConfigError."""
     from cifar_exp.data.dataset import check_dataset
+    from cifar_exp.tasks import classify
+
+    classify.check(cfg)
 
     t = cfg.get("transfer")
     if t is None:
@@ -299,8 +304,8 @@ def find_pretraining(client, experiment_name: str, digest: str):
 
 def pretrained_checkpoint(cfg, tracker, folder: Path) -> tuple[Path, str, bool]:
     """(checkpoint file, pretraining run id, reused?): an earlier run's checkpoint, or a new pretraining run."""
-    from cifar_exp.job import git_state
     from cifar_exp.tracking import runs as tracking
+    from cifar_exp.tracking.run_info import git_state
     from cifar_exp.training import fit as train
 
     digest = pretrain_hash(cfg)
