@@ -344,7 +344,7 @@ def user_tags(cfg, job_tags: dict[str, str]) -> dict[str, str]:
 
 
 def sweep_id(sweep_dir: str) -> str:
-    """Shared by every job of one multirun: the id sweep_summary.SweepSummary derived from the
+    """Shared by every job of one multirun: the id sweeps.summary.SweepSummary derived from the
     sweep's definition (so a re-run of a stopped sweep keeps it) and wrote in the sweep folder;
     without it (callbacks replaced), a short hash of the sweep folder's path."""
     from cifar_exp.sweeps.summary import SWEEP_ID_FILE

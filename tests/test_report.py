@@ -113,7 +113,7 @@ def test_report_over_known_runs_writes_the_right_table_and_logs_its_files(store,
         assert (folder / name).stat().st_size > 1000
 
     report_runs = client.search_runs([client.get_experiment_by_name("cifar_exp").experiment_id],
-                                     "tags.`cifar_exp.sweeps.report` = 'true'")
+                                     "tags.`cifar_exp.report` = 'true'")
     assert len(report_runs) == 1
     logged = {a.path for a in client.list_artifacts(report_runs[0].info.run_id, "report")}
     assert logged == {f"report/{n}" for n in ("report.md", "report.csv", "report_bar.png", "report_curves.png")}
@@ -138,7 +138,7 @@ def test_a_sweep_is_found_in_whichever_experiment_it_logged_to(store, tmp_path):
         client.set_terminated(run.info.run_id, "FINISHED")
     assert report.main(["--tracking-uri", uri, "--sweep-id", "latest", "--out", str(tmp_path / "r")]) == 0
     assert "| weighting=hard | 2 |" in (tmp_path / "r" / "report.md").read_text()
-    logged = client.search_runs([elsewhere], "tags.`cifar_exp.sweeps.report` = 'true'")
+    logged = client.search_runs([elsewhere], "tags.`cifar_exp.report` = 'true'")
     assert len(logged) == 1  # the report run sits beside the runs it reports on
 
 
