@@ -1,5 +1,5 @@
 """Host batches vs images resident on the device (`trainer.data_on_device`): steady epoch time
-of the training loop train.py runs (TrainBatches -> model.fit), same model, data and step.
+of the training loop training/fit.py runs (TrainBatches -> model.fit), same model, data and step.
 
     python benchmarks/data_feed.py [--models simple_cnn resnet9] [--images 4096] [--batch-size 512]
 
@@ -23,10 +23,10 @@ import json, sys, time
 sys.path.insert(0, {tests!r})
 import keras, numpy as np
 from conftest import compose
-from cifar_exp.data import load_dataset
-from cifar_exp.optim import build_optimizer
-from cifar_exp.resident import build_feed
-from cifar_exp.train import TrainBatches, build_classifier
+from cifar_exp.data.dataset import load_dataset
+from cifar_exp.data.resident import build_feed
+from cifar_exp.training.fit import TrainBatches, build_classifier
+from cifar_exp.training.optim import build_optimizer
 model_name, n, batch, on_device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "true"
 shape = "[28,28,1]" if model_name == "lenet" else "[32,32,3]"
 cfg = compose([f"model={{model_name}}", "dataset=synthetic", f"dataset.image_shape={{shape}}",

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cifar_exp.data import load_dataset  # noqa: E402
-from cifar_exp.readers import checksum  # noqa: E402
+from cifar_exp.data.dataset import load_dataset  # noqa: E402
+from cifar_exp.data.readers import checksum  # noqa: E402
 
 
 def main(path: str, repeats: int = 3) -> None:

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from omegaconf import OmegaConf
 
-from cifar_exp.data import load_dataset
+from cifar_exp.data.dataset import load_dataset
 
 path, limit, epochs, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 cfg = OmegaConf.load("conf/dataset/cifar10.yaml")

@@ -45,7 +45,7 @@ class EpochClock:
 
 
 def batches(x, y, sample_weights, batch_size, seed):
-    """The input contract of train.py: (x[idx], y[idx], sample_weights[idx]), reshuffled per epoch."""
+    """The input contract of training/fit.py: (x[idx], y[idx], sample_weights[idx]), reshuffled per epoch."""
     import keras
 
     class ShuffledBatches(keras.utils.PyDataset):
@@ -68,11 +68,11 @@ def batches(x, y, sample_weights, batch_size, seed):
 
 
 def build_model(x_train):
-    """Seed 000's simple_cnn behind the input pipeline train.py uses (uint8 in, flip, scale)."""
+    """Seed 000's simple_cnn behind the input pipeline training/fit.py uses (uint8 in, flip, scale)."""
     import keras
 
-    from cifar_exp.augment import build_augmentation, build_preprocessing
-    from cifar_exp.models import simple_cnn
+    from cifar_exp.data.augment import build_augmentation, build_preprocessing
+    from cifar_exp.models.builders import simple_cnn
 
     inputs = keras.Input(SHAPE, dtype="uint8")
     x = build_augmentation("flip", SHAPE)(inputs)
@@ -95,7 +95,7 @@ class Run:
         import keras
         from omegaconf import OmegaConf
 
-        from cifar_exp.spl import build_spl_callback
+        from cifar_exp.spl.callback import build_spl_callback
 
         keras.utils.set_random_seed(seed)
         sample_weights = np.ones(len(x), np.float32)
@@ -129,7 +129,7 @@ def main():
 
     import keras
 
-    from cifar_exp.data import make_synthetic
+    from cifar_exp.data.dataset import make_synthetic
 
     x, y = make_synthetic(len(CLASSES), SHAPE, args.samples, seed=0)
     settings = {"none": None, "eval_pass": "eval_pass", "train_pass": "train_pass"}

@@ -21,9 +21,9 @@ import json, sys, time
 sys.path.insert(0, {tests!r})
 import keras
 from conftest import compose
-from cifar_exp.data import load_dataset
-from cifar_exp.train import build_classifier
-from cifar_exp.optim import build_optimizer
+from cifar_exp.data.dataset import load_dataset
+from cifar_exp.training.fit import build_classifier
+from cifar_exp.training.optim import build_optimizer
 model_name, n = sys.argv[1], int(sys.argv[2])
 shape = "[28,28,1]" if model_name == "lenet" else "[32,32,3]"
 cfg = compose([f"model={{model_name}}", "dataset=synthetic", f"dataset.image_shape={{shape}}",

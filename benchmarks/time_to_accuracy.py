@@ -141,7 +141,7 @@ def device_info() -> dict:
 
 def tag_keeper():
     """train.run's tracker without MLflow; it keeps the tags (they say which split was evaluated)."""
-    from cifar_exp.tracking import NullTracker
+    from cifar_exp.tracking.runs import NullTracker
 
     class TagKeeper(NullTracker):
         def __init__(self):
@@ -201,7 +201,7 @@ def main():
 
     from omegaconf import OmegaConf
 
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
     from cifar_exp.validate import validate
 
     device = device_info()

@@ -49,7 +49,7 @@ def ui_hint(tracking_uri: str, page: str) -> str:
 
 def start_line(run_id: str, experiment_name: str, tracking_uri: str, output_dir: str | None, page: str,
                resumed: bool = False) -> str:
-    from cifar_exp.tracking import mask_secrets
+    from cifar_exp.tracking.runs import mask_secrets
 
     folder = os.path.abspath(output_dir) if output_dir else "none"
     verb = "resuming" if resumed else "logging to"
@@ -65,7 +65,7 @@ def share_runs_view(client, experiment_id: str, run_id: str, optimized_metric: s
     and the swept keys as columns, best first. Written by every job of the sweep alike."""
     import json
 
-    from cifar_exp.tracking import _retry
+    from cifar_exp.tracking.runs import _retry
 
     if not sweep_id:
         return f"#/experiments/{experiment_id}/runs/{run_id}"

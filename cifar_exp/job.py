@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -19,10 +18,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cifar_exp import checkpoints, console, outcome, signals, tracking
-from cifar_exp.distribute import is_chief
+from cifar_exp import console, signals
+from cifar_exp.data.readers import SPECS, DataError, locate
 from cifar_exp.errors import ConfigError
-from cifar_exp.readers import SPECS, DataError, locate
+from cifar_exp.tracking import runs as tracking
+from cifar_exp.tracking.run_info import git_state
+from cifar_exp.training import checkpoints, outcome
+from cifar_exp.training.distribute import is_chief
 from cifar_exp.validate import check_devices, validate
 
 log = logging.getLogger(__name__)
@@ -195,25 +197,16 @@ def find_data(cfg_dataset) -> None:
 
 
 def run_task(cfg, tracker, checkpoint_dir: str | None) -> dict[str, float]:
-    if cfg.task == "kfold_poly":
-        from cifar_exp import kfold  # numpy only
+    from cifar_exp.tasks import load  # the task's module, imported only now (classify and transfer import Keras)
 
-        return kfold.run(cfg, tracker)
-    if cfg.task == "transfer":
-        from cifar_exp import transfer  # imports Keras
-
-        return transfer.run(cfg, tracker, checkpoint_dir=checkpoint_dir)
-    from cifar_exp import distribute, train  # imports Keras: only once a job really runs
-
-    return train.run(cfg, tracker, checkpoint_dir=checkpoint_dir,
-                     extra_callbacks=distribute.sync_check_callbacks(cfg.trainer.strategy, tracker))
+    return load(cfg.task).run(cfg, tracker, checkpoint_dir)
 
 
 def configure_backend(cfg, context: JobContext) -> dict[str, str]:
     """Compile cache and GPU memory (backend_setup.py), before anything imports Keras; under the
     joblib launcher jobs share the GPU, so `trainer.gpu_memory=auto` grows. Returns the environment
     variables it set (tagged `env.<name>` on the run)."""
-    from cifar_exp import backend_setup
+    from cifar_exp.training import backend_setup
 
     return backend_setup.configure(cfg.trainer, shared_gpu=context.choices.get("hydra/launcher") == "joblib") or {}
 
@@ -352,29 +345,15 @@ def user_tags(cfg, job_tags: dict[str, str]) -> dict[str, str]:
 
 
 def sweep_id(sweep_dir: str) -> str:
-    """Shared by every job of one multirun: the id sweep_summary.SweepSummary derived from the
+    """Shared by every job of one multirun: the id sweeps.summary.SweepSummary derived from the
     sweep's definition (so a re-run of a stopped sweep keeps it) and wrote in the sweep folder;
     without it (callbacks replaced), a short hash of the sweep folder's path."""
-    from cifar_exp.sweep_summary import SWEEP_ID_FILE
+    from cifar_exp.sweeps.summary import SWEEP_ID_FILE
 
     saved = Path(sweep_dir) / SWEEP_ID_FILE
     if saved.is_file():
         return saved.read_text().strip()
     return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
-
-
-def git_state() -> dict[str, str]:
-    """The commit of the code that ran, and whether it had uncommitted changes."""
-    source = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if commit.returncode != 0:
-        return {}
-    return {"git_commit": commit.stdout.strip(), "git_dirty": str(bool(dirty.stdout.strip())).lower()}
 
 
 def _record_failed_start(cfg, context: JobContext, error: Exception) -> None:

@@ -6,29 +6,22 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-
-# The configs, as an absolute path so they are found from any working directory. A wheel
-# (`pip install .`, git+URL, an index) ships the repository's conf/ inside the package as
-# cifar_exp/conf (pyproject.toml's package-dir); an editable install or a source checkout has
-# no cifar_exp/conf and reads the repository's conf/ next to the package.
-_PACKAGE_DIR = Path(__file__).resolve().parent
-CONFIG_DIR = str(_PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parent / "conf")
+from cifar_exp import CONFIG_DIR  # the configs' folder (a wheel's cifar_exp/conf, else the checkout's conf/)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
+    from cifar_exp.data.readers import DataError
     from cifar_exp.errors import ConfigError
     from cifar_exp.job import JobContext, run_job
-    from cifar_exp.outcome import TrainingDiverged
     from cifar_exp.overrides import SWEPT_KEYS_ENV
-    from cifar_exp.readers import DataError
+    from cifar_exp.training.outcome import TrainingDiverged
 
     hydra_cfg = HydraConfig.get()
     context = JobContext(
@@ -43,7 +36,7 @@ def main(cfg: DictConfig) -> float:
     try:
         return run_job(cfg, context)
     except (ConfigError, DataError) as error:  # bad input: the message, not a traceback
-        from cifar_exp.tracking import mask_secrets
+        from cifar_exp.tracking.runs import mask_secrets
 
         print(f"Error: {mask_secrets(error)}", file=sys.stderr)
         sys.exit(2)
@@ -54,7 +47,7 @@ def main(cfg: DictConfig) -> float:
 
 def cli() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "report":
-        from cifar_exp.report import main as report_main
+        from cifar_exp.sweeps.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
     from cifar_exp import overrides, signals
@@ -72,7 +65,7 @@ def cli() -> None:
         stopped = signals.as_stopped(error)
         signals.report(stopped)
         if stopped.sweep_dir:  # the jobs a stopped sweep finished, failed or left KILLED
-            from cifar_exp.sweep_summary import summarize
+            from cifar_exp.sweeps.summary import summarize
 
             summarize(stopped.sweep_dir)
         sys.exit(stopped.exit_code)

@@ -1,27 +1,25 @@
 """Every check a config must pass before any data is loaded or any model is built: `validate` reads
-the config alone; `check_devices` also asks the backend which devices the job will run on."""
+the config alone (the checks every task shares here, then the task's own `check`, tasks/);
+`check_devices` also asks the backend which devices the job will run on."""
 from __future__ import annotations
 
 import logging
 
 from omegaconf import OmegaConf
 
-from cifar_exp.augment import TTA_LEVELS
-from cifar_exp.backend_setup import check_backend_settings
-from cifar_exp.data import check_dataset
-from cifar_exp.distribute import STRATEGIES
+from cifar_exp.data.augment import TTA_LEVELS
+from cifar_exp.data.dataset import check_dataset
 from cifar_exp.errors import ConfigError
-from cifar_exp.initializers import check_init
-from cifar_exp.kfold import check_kfold
-from cifar_exp.models import check_model
-from cifar_exp.optim import check_optimizer, check_schedule
-from cifar_exp.transfer import check_transfer
-from cifar_exp.weighting import check_weighting
+from cifar_exp.models.builders import check_model
+from cifar_exp.models.initializers import check_init
+from cifar_exp.spl.weighting import check_weighting
+from cifar_exp.tasks import TASKS, load
+from cifar_exp.training.backend_setup import check_backend_settings
+from cifar_exp.training.distribute import STRATEGIES
+from cifar_exp.training.optim import check_optimizer, check_schedule
 
 log = logging.getLogger(__name__)
-TASKS = ("classify", "kfold_poly", "transfer")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-FINAL_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
 
 
 def _positive_int(key: str, value) -> None:
@@ -64,13 +62,6 @@ def validate(cfg) -> None:
         raise ConfigError("mlflow.tracking_uri", cfg.mlflow.tracking_uri, "a tracking URI such as sqlite:///mlflow.db")
     if not (isinstance(cfg.mlflow.experiment_name, str) and cfg.mlflow.experiment_name):
         raise ConfigError("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
-    if cfg.task == "kfold_poly":
-        check_kfold(cfg)  # checks optimized_metric against the task's own metrics
-    elif cfg.optimized_metric not in FINAL_METRICS:
-        raise ConfigError("optimized_metric", cfg.optimized_metric, ", ".join(FINAL_METRICS))
-    elif cfg.optimized_metric.startswith("val_") and not (cfg.dataset.get("val_fraction") or cfg.dataset.get("folds")):
-        raise ConfigError("optimized_metric", cfg.optimized_metric,
-                          "test_* metrics, or val_* with dataset.val_fraction > 0 or dataset.folds set")
     for group, check in (("model", check_model), ("init", check_init), ("optimizer", check_optimizer),
                          ("lr_schedule", lambda c: check_schedule(c, trainer.epochs)),
                          ("dataset", check_dataset), ("weighting", lambda c: check_weighting(c, trainer.epochs))):
@@ -82,8 +73,7 @@ def validate(cfg) -> None:
             # A value of a type no check foresaw: still a message, never a traceback.
             raise ConfigError(group, OmegaConf.to_container(cfg[group], resolve=True),
                               f"values of the right types ({type(error).__name__}: {error})") from None
-    if cfg.task == "transfer":
-        check_transfer(cfg)
+    load(cfg.task).check(cfg)  # the task's own part: its block, its metrics (tasks/__init__.py)
 
 
 def check_devices(cfg) -> None:
@@ -95,8 +85,8 @@ def check_devices(cfg) -> None:
     """
     if cfg.task == "kfold_poly":  # numpy only: no devices involved
         return
-    from cifar_exp.distribute import check_batch_size, replicas_in_sync
-    from cifar_exp.resident import has_accelerator
+    from cifar_exp.data.resident import has_accelerator
+    from cifar_exp.training.distribute import check_batch_size, replicas_in_sync
 
     strategy = cfg.trainer.strategy
     replicas = replicas_in_sync(strategy)

@@ -10,9 +10,9 @@ from conftest import compose
 keras = pytest.importorskip("keras")
 from keras import ops  # noqa: E402
 
-from cifar_exp import airbench  # noqa: E402
-from cifar_exp.augment import build_augmentation, with_tta  # noqa: E402
+from cifar_exp.data.augment import build_augmentation, with_tta  # noqa: E402
 from cifar_exp.errors import ConfigError  # noqa: E402
+from cifar_exp.models import airbench  # noqa: E402
 from cifar_exp.validate import validate  # noqa: E402
 
 TINY = ["experiment=airbench", "dataset=synthetic", "dataset.train_size=256", "dataset.test_size=64",
@@ -124,7 +124,7 @@ def test_batchnorm_bias_moves_bias_lr_scale_times_as_fast_with_the_same_weight_d
 def test_airbench_optimizer_converts_per_1024_rates_and_schedules_from_variables():
     cfg = compose(["experiment=airbench"])
     schedule_cfg = cfg.lr_schedule
-    from cifar_exp.optim import build_lr_schedule, build_optimizer
+    from cifar_exp.training.optim import build_lr_schedule, build_optimizer
 
     schedule = build_lr_schedule(schedule_cfg, cfg.optimizer.lr, steps_per_epoch=49, epochs=10)
     optimizer = build_optimizer(cfg.optimizer, schedule, batch_size=1024, total_steps=490)
@@ -180,7 +180,7 @@ def test_bad_airbench_values_fail_before_training(override, key):
 
 
 def test_a_tiny_airbench_run_learns_synthetic_data(fake_tracker):
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     cfg = compose(TINY + ["trainer.epochs=4", "trainer.jit_compile=false"])
     validate(cfg)
@@ -192,7 +192,7 @@ def test_a_tiny_airbench_run_learns_synthetic_data(fake_tracker):
 
 def test_an_interrupted_airbench_job_resumes_with_its_optimizer_state(fake_tracker, tmp_path):
     """The checkpoint holds AirbenchSGD's extra variables (slow weights, decay, total steps)."""
-    from cifar_exp import checkpoints, train
+    from cifar_exp.training import checkpoints, fit as train
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cifar_exp.augment import AUGMENTATIONS, build_augmentation, build_preprocessing, channel_stats  # noqa: E402
+from cifar_exp.data.augment import AUGMENTATIONS, build_augmentation, build_preprocessing, channel_stats  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import ROOT, compose
 
-from cifar_exp import backend_setup
 from cifar_exp.errors import ConfigError
 from cifar_exp.job import config_hash
+from cifar_exp.training import backend_setup
 from cifar_exp.validate import validate
 
 ENV_KEYS = ("JAX_COMPILATION_CACHE_DIR", "TF_XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",

@@ -8,8 +8,10 @@ import textwrap
 
 import pytest
 
-from cifar_exp import distribute, resident, validate
+from cifar_exp import validate
+from cifar_exp.data import resident
 from cifar_exp.errors import ConfigError
+from cifar_exp.training import distribute
 from conftest import ROOT, SMOKE, all_runs, compose, tracking_uri
 
 
@@ -34,7 +36,7 @@ def test_a_batch_the_replicas_share_passes(monkeypatch):
     (512, 4, 2, 128), (513, 4, 1, 129),
 ])
 def test_a_last_training_batch_smaller_than_the_replicas_is_dropped(n, batch_size, replicas, batches):
-    from cifar_exp.train import TrainBatches
+    from cifar_exp.training.fit import TrainBatches
 
     assert TrainBatches.count(n, batch_size, replicas) == batches
 

@@ -87,7 +87,7 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path, data_on_device):
         from cifar_exp.job import JobContext, run_job
         cfg = compose(SMOKE + ["trainer.strategy=mirrored", "trainer.data_on_device={str(data_on_device).lower()}",
                                "mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
-        import cifar_exp.distribute as d
+        import cifar_exp.training.distribute as d
         assert d.build_strategy("mirrored").num_replicas_in_sync == 2
         print("ACC", run_job(cfg, JobContext()))
     """)
@@ -149,7 +149,7 @@ def test_jax_data_parallel_over_two_host_devices(tmp_path, data_on_device):
         import sys
         sys.path.insert(0, {str(ROOT / 'tests')!r})
         from conftest import SMOKE, compose
-        import cifar_exp.distribute as d
+        import cifar_exp.training.distribute as d
         from cifar_exp.job import JobContext, run_job
         assert d.build_strategy("auto").num_replicas_in_sync == 2
         print("ACC", run_job(compose(SMOKE + ["trainer.data_on_device={str(data_on_device).lower()}",

@@ -115,7 +115,7 @@ def _weights(folder: Path) -> float:
 
 
 def test_a_readable_latest_state_is_resumed(tmp_path):
-    from cifar_exp.checkpoints import restore_point
+    from cifar_exp.training.checkpoints import restore_point
 
     _write_state(tmp_path, 1, ".bkp", value=1)
     _write_state(tmp_path, 2, value=2)
@@ -124,7 +124,7 @@ def test_a_readable_latest_state_is_resumed(tmp_path):
 
 @pytest.mark.parametrize("cut", ["weights", "metadata"])
 def test_a_partial_latest_file_falls_back_to_the_backup_which_is_kept(tmp_path, caplog, cut):
-    from cifar_exp.checkpoints import restore_point
+    from cifar_exp.training.checkpoints import restore_point
 
     _write_state(tmp_path, 1, ".bkp", value=1)
     _write_state(tmp_path, 2, value=2)
@@ -138,7 +138,7 @@ def test_a_partial_latest_file_falls_back_to_the_backup_which_is_kept(tmp_path, 
 def test_weights_rewritten_before_their_metadata_resume_the_backup(tmp_path):
     """Keras copies latest -> .bkp, writes the weights, then the metadata: killed in between,
     the new weights sit beside the old epoch number, and only the backup is consistent."""
-    from cifar_exp.checkpoints import restore_point
+    from cifar_exp.training.checkpoints import restore_point
 
     _write_state(tmp_path, 1, ".bkp", value=1)
     _write_state(tmp_path, 1, value=2)
@@ -146,7 +146,7 @@ def test_weights_rewritten_before_their_metadata_resume_the_backup(tmp_path):
 
 
 def test_a_backup_cut_short_while_copied_leaves_the_latest_state(tmp_path):
-    from cifar_exp.checkpoints import restore_point
+    from cifar_exp.training.checkpoints import restore_point
 
     _write_state(tmp_path, 1, ".bkp", value=1)
     _write_state(tmp_path, 2, value=2)
@@ -156,7 +156,7 @@ def test_a_backup_cut_short_while_copied_leaves_the_latest_state(tmp_path):
 
 
 def test_a_partial_self_paced_state_falls_back_to_the_epoch_whose_state_reads(tmp_path):
-    from cifar_exp.checkpoints import restore_point
+    from cifar_exp.training.checkpoints import restore_point
 
     _write_state(tmp_path, 1, ".bkp", value=1)
     _write_state(tmp_path, 2, value=2)
@@ -167,7 +167,7 @@ def test_a_partial_self_paced_state_falls_back_to_the_epoch_whose_state_reads(tm
 
 
 def test_nothing_readable_is_moved_aside_not_deleted(tmp_path, caplog):
-    from cifar_exp.checkpoints import restore_point
+    from cifar_exp.training.checkpoints import restore_point
 
     folder = tmp_path / "checkpoint"
     _write_state(folder, 1, ".bkp")
@@ -196,7 +196,7 @@ class _StopAfter:
 @pytest.mark.parametrize("damage", ["weights", "epoch_metrics"])
 def test_a_checkpoint_cut_short_loses_at_most_one_epoch_and_logs_every_step_once(tmp_path, fake_tracker, damage):
     """The issue's example (truncate latest.weights.h5 to half) and a partial epoch record."""
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     cfg = compose([*SMOKE, "trainer.epochs=4", "trainer.deterministic=true"])
     train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path / "reference"))
@@ -247,7 +247,7 @@ def _job(cfg_overrides, output_dir, uri, stop_after=None, monkeypatch=None):
     context = job.JobContext(overrides=list(cfg_overrides), output_dir=str(output_dir))
     if stop_after is None:
         return job.run_job(cfg, context)
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     def run_task(cfg, tracker, checkpoint_dir):
         return train.run(cfg, tracker, checkpoint_dir=checkpoint_dir, extra_callbacks=[_StopAfter(stop_after)])
@@ -290,7 +290,7 @@ def test_another_config_in_the_same_folder_starts_fresh_and_leaves_the_first_one
 # --- one sweep, one id -----------------------------------------------------------------
 
 def test_a_sweeps_id_comes_from_its_definition_not_its_folder():
-    from cifar_exp.sweep_summary import definition_id
+    from cifar_exp.sweeps.summary import definition_id
 
     sweep = ["init=he_normal,zeros", "trainer.epochs=3"]
     first = definition_id([*sweep, "hydra.sweep.dir=multirun/a"], False, "multirun/a")
@@ -345,7 +345,7 @@ def _sweep_of_two(tmp_path, uri):
 def _summary(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from cifar_exp.sweep_summary import SweepSummary
+    from cifar_exp.sweeps.summary import SweepSummary
 
     with pytest.raises(SystemExit):
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}}))
@@ -413,7 +413,7 @@ def test_a_password_in_any_string_field_reaches_no_output(tmp_path, capsys, capl
     from omegaconf import OmegaConf
 
     from cifar_exp import job
-    from cifar_exp.tracking import MaskingFormatter
+    from cifar_exp.tracking.runs import MaskingFormatter
 
     caplog.handler.setFormatter(MaskingFormatter("%(message)s"))  # as Hydra's logging config does
     caplog.set_level(logging.INFO)

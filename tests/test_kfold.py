@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from conftest import all_runs, compose, run_cli, tracking_uri
-from cifar_exp import kfold
 from cifar_exp.errors import ConfigError
+from cifar_exp.tasks import kfold
 
 
 def test_cross_validation_picks_the_true_degree_on_low_noise_data_with_enough_samples():

@@ -8,7 +8,7 @@ from conftest import SMOKE, compose
 def test_confusion_accuracy_equals_keras_accuracy_and_counts_each_pair():
     import keras
 
-    from cifar_exp.metrics import ConfusionAccuracy
+    from cifar_exp.training.metrics import ConfusionAccuracy
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, size=50)
@@ -29,8 +29,8 @@ def test_confusion_accuracy_equals_keras_accuracy_and_counts_each_pair():
 def test_the_logged_confusion_matrix_is_the_final_models_on_the_test_split(fake_tracker, extra):
     import keras
 
-    from cifar_exp import train
-    from cifar_exp.data import load_dataset
+    from cifar_exp.data.dataset import load_dataset
+    from cifar_exp.training import fit as train
 
     texts, kept = {}, {}
     fake_tracker.log_text = lambda text, name: texts.__setitem__(name, text)
@@ -58,7 +58,7 @@ def test_a_logged_model_loads_in_a_fresh_process(tmp_path, fake_tracker):
     import subprocess
     import sys
 
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     paths = []
 
@@ -72,7 +72,7 @@ def test_a_logged_model_loads_in_a_fresh_process(tmp_path, fake_tracker):
                    "dataset.augment=crop_flip", "dataset.preprocess=per_image_standardization",
                    "mlflow.log_model=true"])
     train.run(cfg, fake_tracker)
-    script = ("import numpy as np; from cifar_exp.saved import load_model; "
+    script = ("import numpy as np; from cifar_exp.tracking.saved import load_model; "
               f"m = load_model({str(paths[0])!r}, compile=True); "
               "print('SHAPE', m.predict(np.zeros((3, 28, 28, 1), 'uint8'), verbose=0).shape)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import SMOKE, all_runs, tracking_uri
-from cifar_exp.distribute import is_chief
 from cifar_exp.errors import ConfigError
+from cifar_exp.training.distribute import is_chief
 
 
 def _tf_config(task_type, index, chief=False):
@@ -80,7 +80,7 @@ def test_two_workers_train_together_to_identical_weights_and_one_mlflow_run(tmp_
 
 
 def test_without_tf_config_a_slurm_step_describes_the_cluster(monkeypatch):
-    from cifar_exp.distribute import cluster_resolver
+    from cifar_exp.training.distribute import cluster_resolver
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")

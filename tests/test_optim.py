@@ -11,7 +11,7 @@ def lr_at(schedule, epoch_1_based, step_in_epoch=0):
 
 
 def build(name, lr, epochs, *overrides):
-    from cifar_exp.optim import build_lr_schedule
+    from cifar_exp.training.optim import build_lr_schedule
 
     cfg = compose([f"lr_schedule={name}", *overrides]).lr_schedule
     return build_lr_schedule(cfg, lr, STEPS_PER_EPOCH, epochs)
@@ -56,7 +56,7 @@ def test_constant_is_a_plain_rate():
     ("adagrad", "Adagrad", {}), ("rmsprop", "RMSprop", {}), ("nadam", "Nadam", {}),
 ])
 def test_optimizers_are_keras_classes_with_config_fields(name, keras_class, extra):
-    from cifar_exp.optim import build_optimizer
+    from cifar_exp.training.optim import build_optimizer
 
     cfg = compose([f"optimizer={name}"]).optimizer
     optimizer = build_optimizer(cfg, cfg.lr)

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from cifar_exp import outcome
-from cifar_exp.outcome import TrainingDiverged
+from cifar_exp.training import outcome
+from cifar_exp.training.outcome import TrainingDiverged
 from conftest import SMOKE, all_runs, tracking_uri
 
 BOUND_10 = 10 * math.log(10)  # 23.03 nats for 10 classes
@@ -106,7 +106,7 @@ def test_a_diverged_job_fails_with_a_hint_and_a_job_at_chance_is_tagged_and_summ
 
     from conftest import compose
     from cifar_exp import job
-    from cifar_exp.sweep_summary import SweepSummary
+    from cifar_exp.sweeps.summary import SweepSummary
 
     uri = tracking_uri(tmp_path)
     jobs = [["optimizer=sgd", "optimizer.lr=1e6"],  # diverges
@@ -144,7 +144,7 @@ def test_a_diverged_job_fails_with_a_hint_and_a_job_at_chance_is_tagged_and_summ
 
 def test_a_nan_in_the_final_test_evaluation_fails_the_run(fake_tracker, monkeypatch):
     from conftest import compose
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     # With a validation split the test split is evaluated only at the end.
     monkeypatch.setattr(train, "_final_test_metrics", lambda *args: {"test_loss": math.nan, "test_accuracy": 0.5})
@@ -157,7 +157,7 @@ def test_a_nan_in_the_final_test_evaluation_fails_the_run(fake_tracker, monkeypa
 @pytest.mark.parametrize("losses_from", ["eval_pass", "train_pass"])
 def test_self_paced_runs_log_the_plain_cross_entropy_beside_the_weighted_loss(fake_tracker, losses_from):
     from conftest import compose
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     cfg = compose([*SMOKE, "weighting=linear", "weighting.warmup_epochs=0", f"weighting.losses_from={losses_from}",
                    "dataset.val_fraction=0.25"])

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF
-from cifar_exp.data import CIFAR10_CLASSES, load_dataset
+from cifar_exp.data.dataset import CIFAR10_CLASSES, load_dataset
 
 pytestmark = [
     pytest.mark.real,
@@ -46,7 +46,7 @@ def test_real_cifar10_has_the_official_counts_and_is_cached(cache_dir):
 def test_small_model_learns_well_above_chance(cache_dir):
     import keras
 
-    from cifar_exp.augment import build_augmentation, build_preprocessing
+    from cifar_exp.data.augment import build_augmentation, build_preprocessing
 
     keras.utils.set_random_seed(0)
     data = cifar10(cache_dir, limit_train=5_000, limit_test=2_000, stratify=True)

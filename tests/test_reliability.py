@@ -18,7 +18,7 @@ RESUMABLE = [*SMOKE, "dataset.train_size=4096", "trainer.epochs=4", "trainer.det
 
 
 def _final_weights(client, run):
-    from cifar_exp.saved import load_model  # registers this package's classes, as users load it
+    from cifar_exp.tracking.saved import load_model  # registers this package's classes, as users load it
 
     path = client.download_artifacts(run.info.run_id, "model.keras")
     return load_model(path).get_weights()
@@ -119,7 +119,7 @@ def run_during_outage(tmp_path):
     """(client, tracker, restore): a run whose metric writes fail until restore() is called."""
     from mlflow.tracking import MlflowClient
 
-    from cifar_exp import tracking
+    from cifar_exp.tracking import runs as tracking
 
     client = MlflowClient(tracking_uri(tmp_path))
     tracker = tracking.RunTracker.start(client, "outage", "run", {}, str(tmp_path))
@@ -151,7 +151,7 @@ def test_metrics_that_never_reach_the_store_are_saved_locally(tmp_path, run_duri
 
 
 def test_an_unreadable_checkpoint_is_moved_aside_with_a_warning(tmp_path, caplog):
-    from cifar_exp.checkpoints import restore_point
+    from cifar_exp.training.checkpoints import restore_point
 
     folder = tmp_path / "checkpoint"
     folder.mkdir()
@@ -206,7 +206,7 @@ def test_ctrl_c_marks_the_running_job_killed_and_a_rerun_skips_the_finished_ones
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     # One sweep, one id: the re-run (another folder) has the first sweep's id, so
     # `report --sweep-id latest` sees both jobs.
-    from cifar_exp.report import latest_sweep_id
+    from cifar_exp.sweeps.report import latest_sweep_id
 
     assert {r.data.tags["sweep_id"] for r in runs} == {(tmp_path / "again" / "sweep_id").read_text()}
     assert latest_sweep_id(client, [runs[0].info.experiment_id]) == runs[0].data.tags["sweep_id"]
@@ -268,7 +268,7 @@ def test_a_resumed_self_paced_job_weights_and_ends_as_if_never_interrupted(tmp_p
     recorded training losses are part of the checkpoint."""
     from conftest import compose
 
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     cfg = compose([*SMOKE, "trainer.epochs=4", "trainer.deterministic=true", "weighting=linear",
                    "weighting.age_quantile=0.5", "weighting.mu=1.5", "weighting.warmup_epochs=1",
@@ -298,7 +298,7 @@ def test_a_resumed_self_paced_job_weights_and_ends_as_if_never_interrupted(tmp_p
 def test_a_resumed_self_paced_job_without_saved_state_warns_and_re_anchors(tmp_path, fake_tracker, caplog):
     from conftest import compose
 
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     cfg = compose([*SMOKE, "trainer.epochs=3", "weighting=linear", "weighting.warmup_epochs=0"])
     with pytest.raises(KeyboardInterrupt):
@@ -326,7 +326,7 @@ def test_running_out_of_memory_fails_the_job_with_a_hint_and_the_sweep_goes_on(t
     from conftest import compose
 
     from cifar_exp import job
-    from cifar_exp.sweep_summary import SweepSummary
+    from cifar_exp.sweeps.summary import SweepSummary
 
     real_run_task = job.run_task
     calls = []

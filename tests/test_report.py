@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cifar_exp import report
+from cifar_exp.sweeps import report
 
 T_975_DF2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom
 

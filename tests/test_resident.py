@@ -26,7 +26,7 @@ class _Capture:
 
 
 def _train(overrides, tracker, checkpoint_dir=None):
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     captured = {}
     metrics = train.run(compose([*SMOKE, "trainer.deterministic=true", *overrides]), tracker,
@@ -77,8 +77,8 @@ def test_a_bad_data_on_device_setting_is_rejected_by_name(value):
 
 
 def test_auto_keeps_the_images_on_the_host_without_an_accelerator():
-    from cifar_exp.data import load_dataset
-    from cifar_exp.resident import build_feed
+    from cifar_exp.data.dataset import load_dataset
+    from cifar_exp.data.resident import build_feed
 
     data = load_dataset(compose(SMOKE).dataset, 0)
     assert build_feed("auto", data).on_device is False

@@ -34,10 +34,14 @@ def _registered_names(path) -> set[str]:
 def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
     import keras
 
-    from cifar_exp import airbench, augment, saved, spl, transfer
-    from cifar_exp.losses import build_loss
-    from cifar_exp.metrics import ConfusionAccuracy
-    from cifar_exp.optim import SCHEDULES, build_lr_schedule
+    from cifar_exp.data import augment
+    from cifar_exp.models import airbench
+    from cifar_exp.spl import callback as spl
+    from cifar_exp.tasks import transfer
+    from cifar_exp.tracking import saved
+    from cifar_exp.training.losses import build_loss
+    from cifar_exp.training.metrics import ConfusionAccuracy
+    from cifar_exp.training.optim import SCHEDULES, build_lr_schedule
 
     registry = saved.register_all()
     x = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype="uint8")
@@ -88,7 +92,7 @@ def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
     seen |= _registered_names(files[-1])
 
     assert seen == set(registry), f"not exercised: {set(registry) - seen}"
-    script = ("import sys, numpy as np; from cifar_exp.saved import load_model\n"
+    script = ("import sys, numpy as np; from cifar_exp.tracking.saved import load_model\n"
               "for path in sys.argv[1:]:\n"
               "    m = load_model(path, compile=True)\n"
               "    assert m.compiled and m.optimizer is not None, path\n"

@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 
 keras = pytest.importorskip("keras")
 
-from cifar_exp.data import make_synthetic  # noqa: E402
-from cifar_exp.spl import build_spl_callback  # noqa: E402
+from cifar_exp.data.dataset import make_synthetic  # noqa: E402
+from cifar_exp.spl.callback import build_spl_callback  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "weighting"
 SHAPE = (16, 16, 3)
@@ -16,7 +16,7 @@ CLASSES = tuple(f"class_{k}" for k in range(10))
 
 
 class ShuffledBatches(keras.utils.PyDataset):
-    """train.py's contract: (x[idx], y[idx], sample_weights[idx]) after a per-epoch shuffle.
+    """training/fit.py's contract: (x[idx], y[idx], sample_weights[idx]) after a per-epoch shuffle.
 
     Also keeps, per epoch, the (index, weight) pairs it handed out, to check what the
     θ-step was fed; `epoch_marker` tells it which epoch the callbacks have begun.
@@ -210,7 +210,7 @@ def test_train_pass_never_runs_an_inference_pass_once_an_epoch_is_recorded(tmp_p
     def no_inference_pass(self):
         raise AssertionError("train_pass ran an inference pass")
 
-    monkeypatch.setattr("cifar_exp.spl.SelfPacedLearning.eval_losses", no_inference_pass)
+    monkeypatch.setattr("cifar_exp.spl.callback.SelfPacedLearning.eval_losses", no_inference_pass)
     cfg = weighting("linear", losses_from="train_pass", warmup_epochs=1)
     callback, history, batches, _, model = fit_with_spl(cfg, tmp_path, epochs=3)
     assert len(history["spl_lambda"]) == 2
@@ -224,8 +224,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, test_spl
 from omegaconf import OmegaConf
-from cifar_exp.data import make_synthetic
-from cifar_exp.spl import build_spl_callback
+from cifar_exp.data.dataset import make_synthetic
+from cifar_exp.spl.callback import build_spl_callback
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 x, y = make_synthetic(10, test_spl.SHAPE, 96, seed=0)

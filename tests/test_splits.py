@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 from omegaconf import OmegaConf
 
 from conftest import CONF
-from cifar_exp.data import DataError, load_dataset
-from cifar_exp.splits import first_n, stratified_folds, stratified_holdout, symmetric_noise
+from cifar_exp.data.dataset import DataError, load_dataset
+from cifar_exp.data.splits import first_n, stratified_folds, stratified_holdout, symmetric_noise
 
 
 def synthetic(**changes):

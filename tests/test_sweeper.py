@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from cifar_exp import pruning
 from cifar_exp.errors import ConfigError
-from cifar_exp.sweeper import _optuna as oh
+from cifar_exp.sweeps import pruning
+from cifar_exp.sweeps.sweeper import _optuna as oh
 from conftest import CONF, SMOKE, all_runs, run_cli, tracking_uri
 
 # --------------------------------------------------------------------- search space
@@ -66,7 +66,7 @@ def test_search_space_errors_name_the_key(bad, message):
 @pytest.mark.parametrize("name, cls", [("tpe", "TPESampler"), ("random", "RandomSampler"),
                                        ("qmc", "QMCSampler"), ("grid", "GridSampler")])
 def test_samplers_are_built_by_name_with_their_arguments(name, cls):
-    from cifar_exp.sweeper import config
+    from cifar_exp.sweeps.sweeper import config
 
     spec = OmegaConf.to_container(OmegaConf.structured(config._SAMPLERS[name]))
     sampler = oh.build_sampler(spec, seed=3, grid={"model": ["lenet", "simple_cnn"]})
@@ -75,7 +75,7 @@ def test_samplers_are_built_by_name_with_their_arguments(name, cls):
 
 @pytest.mark.parametrize("name, package", [("cmaes", "cmaes"), ("gp", "torch")])
 def test_samplers_with_optional_dependencies_say_what_to_install(name, package):
-    from cifar_exp.sweeper import config
+    from cifar_exp.sweeps.sweeper import config
 
     spec = OmegaConf.to_container(OmegaConf.structured(config._SAMPLERS[name]))
     try:
@@ -91,7 +91,7 @@ def test_samplers_with_optional_dependencies_say_what_to_install(name, package):
                                        ("successive_halving", "SuccessiveHalvingPruner"),
                                        ("hyperband", "HyperbandPruner"), ("none", "NopPruner")])
 def test_pruners_are_built_by_name_with_their_arguments(name, cls):
-    from cifar_exp.sweeper import config
+    from cifar_exp.sweeps.sweeper import config
 
     spec = OmegaConf.to_container(OmegaConf.structured(config._PRUNERS[name]))
     assert type(oh.build_pruner(spec)).__name__ == cls
@@ -178,7 +178,7 @@ def test_a_job_reports_epochs_and_is_pruned_when_worse_than_the_median(tmp_path,
 
 
 def _sweeper(**overrides):
-    from cifar_exp.sweeper._impl import OptunaSweeperImpl
+    from cifar_exp.sweeps.sweeper._impl import OptunaSweeperImpl
 
     args = dict(sampler={"name": "random"}, pruner={"name": "none"}, direction="maximize", n_trials=4,
                 n_jobs=1, seed=0, storage=None, study_name=None, monitor=None, max_failure_rate=1.0,
@@ -192,7 +192,7 @@ def test_trials_left_running_by_a_dead_sweeper_are_failed_and_queued_again(tmp_p
 
     from optuna.trial import TrialState
 
-    from cifar_exp.sweeper import _impl
+    from cifar_exp.sweeps.sweeper import _impl
 
     study, _ = _study(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import all_runs, compose, run_cli, tracking_uri
-from cifar_exp import transfer
 from cifar_exp.errors import ConfigError
+from cifar_exp.tasks import transfer
 
 STAND_INS = [
     "experiment=transfer_lenet",
@@ -17,7 +17,7 @@ STAND_INS = [
 
 
 def _built(overrides, checkpoint=None):
-    from cifar_exp.data import load_dataset
+    from cifar_exp.data.dataset import load_dataset
 
     cfg = compose(STAND_INS + list(overrides))
     builder = transfer.CoreBuilder("target", transfer.lenet_input_shape(cfg), checkpoint)
@@ -25,7 +25,7 @@ def _built(overrides, checkpoint=None):
 
 
 def _pretrained(cfg, path):
-    from cifar_exp.data import load_dataset
+    from cifar_exp.data.dataset import load_dataset
 
     pre_cfg = transfer.pretrain_config(cfg)
     builder = transfer.CoreBuilder("pretrain", transfer.lenet_input_shape(cfg))

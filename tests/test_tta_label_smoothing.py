@@ -10,9 +10,9 @@ from conftest import SMOKE, compose
 keras = pytest.importorskip("keras")
 from keras import ops  # noqa: E402
 
-from cifar_exp.augment import with_flip_tta  # noqa: E402
+from cifar_exp.data.augment import with_flip_tta  # noqa: E402
 from cifar_exp.errors import ConfigError  # noqa: E402
-from cifar_exp.losses import SmoothedSparseCrossentropy, build_loss  # noqa: E402
+from cifar_exp.training.losses import SmoothedSparseCrossentropy, build_loss  # noqa: E402
 from cifar_exp.validate import validate  # noqa: E402
 
 
@@ -76,8 +76,8 @@ def test_tta_is_mirror_invariant(images):
 
 
 def test_the_classifier_predicts_the_mean_of_both_views_and_trains_compiled(fake_tracker):
-    from cifar_exp.data import load_dataset
-    from cifar_exp.train import build_classifier
+    from cifar_exp.data.dataset import load_dataset
+    from cifar_exp.training.fit import build_classifier
 
     cfg_plain = compose(SMOKE)
     cfg_tta = compose([*SMOKE, "trainer.tta=true"])
@@ -133,7 +133,7 @@ def test_smoothing_matches_its_definition_and_keras_one_hot_smoothing(epsilon):
 
 
 def test_smoothing_through_self_paced_learnings_label_column():
-    from cifar_exp.spl import LabelColumnLoss
+    from cifar_exp.spl.callback import LabelColumnLoss
 
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(6, 10)).astype("float32")
@@ -190,7 +190,7 @@ def test_defaults_leave_both_off():
 @pytest.mark.parametrize("extra", [[], ["weighting=linear", "weighting.losses_from=train_pass"]],
                          ids=["plain", "self_paced_train_pass"])
 def test_a_tiny_job_trains_with_tta_and_label_smoothing(fake_tracker, extra):
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     cfg = compose([*SMOKE, "trainer.tta=true", "trainer.label_smoothing=0.1", "optimizer.lr=0.003", *extra])
     validate(cfg)

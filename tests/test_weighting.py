@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from omegaconf import OmegaConf
 
 from cifar_exp.errors import ConfigError
-from cifar_exp.weighting import (SCHEMES, Pace, age_for_fraction, check_weighting, normalise_losses,
+from cifar_exp.spl.weighting import (SCHEMES, Pace, age_for_fraction, check_weighting, normalise_losses,
                                  weights)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "weighting"
@@ -161,7 +161,7 @@ def test_seed_000_mixture_setting_zeroes_every_weight():
 
 def test_collapse_guard_raises_lambda_and_warns(caplog):
     pace = Pace(config("mixture", age=1.0, age_quantile=None, warmup_epochs=0, min_active_fraction=0.05))
-    with caplog.at_level(logging.WARNING, logger="cifar_exp.weighting"):
+    with caplog.at_level(logging.WARNING, logger="cifar_exp.spl.weighting"):
         step = pace.v_step(0, chance_losses(), total_epochs=10)
     assert step.guard_raised
     assert step.active_fraction >= 0.05

@@ -1,5 +1,5 @@
 """The Hydra Sweeper class Hydra finds by scanning `hydra_plugins`; its work is in
-cifar_exp.sweeper._impl, imported only when Hydra instantiates the sweeper for a multirun.
+cifar_exp.sweeps.sweeper._impl, imported only when Hydra instantiates the sweeper for a multirun.
 
 The class lives here, not in cifar_exp: Hydra instantiates only plugin classes defined in a
 `hydra_plugins.` module (`Plugins.is_in_toplevel_plugins_module`), a re-export is refused.
@@ -21,7 +21,7 @@ class OptunaSweeper(Sweeper):
                  seed: Optional[int], storage: Optional[str], study_name: Optional[str],
                  monitor: Optional[str], max_failure_rate: float, heartbeat_s: int, stale_after_s: int,
                  params: Optional[DictConfig]) -> None:
-        from cifar_exp.sweeper._impl import OptunaSweeperImpl
+        from cifar_exp.sweeps.sweeper._impl import OptunaSweeperImpl
 
         self.sweeper = OptunaSweeperImpl(
             sampler=sampler, pruner=pruner, direction=direction, n_trials=n_trials, n_jobs=n_jobs,
@@ -33,13 +33,13 @@ class OptunaSweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> None:
+        from cifar_exp.data.readers import DataError
         from cifar_exp.errors import ConfigError
-        from cifar_exp.readers import DataError
 
         try:
             return self.sweeper.sweep(arguments)
         except (ConfigError, DataError) as error:  # bad input: one line, as main() prints a job's
-            from cifar_exp.tracking import mask_secrets
+            from cifar_exp.tracking.runs import mask_secrets
 
             print(f"Error: {mask_secrets(error)}", file=sys.stderr)
             sys.exit(2)

@@ -27,7 +27,7 @@ def _int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def check_kfold(cfg) -> None:
+def check(cfg) -> None:
     k = cfg.get("kfold")
     if k is None:
         raise ConfigError("kfold", None, "a kfold block (use experiment=kfold_poly)")
@@ -181,7 +181,9 @@ def figure(result: dict, true_degree: int, noise: float):
     return fig
 
 
-def run(cfg, tracker) -> dict[str, float]:
+def run(cfg, tracker, checkpoint_dir: str | None = None) -> dict[str, float]:
+    """The study, its per-degree curves, figure and table logged through `tracker`; numpy only, nothing
+    to checkpoint (`checkpoint_dir` is unused: a stopped study starts again)."""
     k = cfg.kfold
     result = study(k.true_degree, float(k.noise), k.n_samples, k.max_degree, k.folds, k.repeats, k.seed)
     cv = result["cv"]

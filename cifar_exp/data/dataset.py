@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_exp.augment import AUGMENTATIONS, PREPROCESSING
+from cifar_exp.data.augment import AUGMENTATIONS, PREPROCESSING
+from cifar_exp.data.readers import CIFAR10_CLASSES, SPECS, DataError, load_arrays
+from cifar_exp.data.splits import apply_splits
 from cifar_exp.errors import ConfigError
-from cifar_exp.readers import CIFAR10_CLASSES, SPECS, DataError, load_arrays
-from cifar_exp.splits import apply_splits
 
 __all__ = ["CIFAR10_CLASSES", "DataError", "DataSplits", "apply_splits", "check_dataset", "load_dataset",
            "make_synthetic"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cifar_exp.readers import DataError
+from cifar_exp.data.readers import DataError
 
 # Independent random streams per purpose, so switching label noise on does not move the
 # validation split, and the same split_seed gives the same folds whatever else changes.

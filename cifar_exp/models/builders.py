@@ -1,7 +1,7 @@
 """The seeds' architectures as plain functional builders.
 
 Each builder returns a keras.Model from float images to logits; the input pipeline
-(preprocessing, augmentation) is put in front by train.py. Initializers and L2 are
+(preprocessing, augmentation) is put in front by training/fit.py. Initializers and L2 are
 applied afterwards to every conv/dense layer (initializers.py), the same way for all.
 """
 from __future__ import annotations
@@ -144,7 +144,7 @@ def resnet9(input_shape, num_classes, width=64, dropout=0.05, logit_scale=0.125)
 
 def airbench(input_shape, num_classes, **kwargs):
     """airbench94's network (airbench.py, which imports Keras)."""
-    from cifar_exp import airbench as module
+    from cifar_exp.models import airbench as module
 
     return module.airbench(input_shape, num_classes, **kwargs)
 

@@ -45,7 +45,7 @@ class TrialReporter:
     def epoch_end(self, epoch: int, logs: dict) -> bool:
         value = _lookup(logs, self.key)
         if value is None:
-            from cifar_exp.sweeper._optuna import SWEEP_ERROR_ATTR
+            from cifar_exp.sweeps.sweeper._optuna import SWEEP_ERROR_ATTR
 
             error = ConfigError(self.setting, self.key, "a key Keras logs each epoch: " + ", ".join(sorted(logs)))
             self.trial.set_user_attr(SWEEP_ERROR_ATTR, {"key": error.key, "value": error.value,
@@ -57,7 +57,7 @@ class TrialReporter:
         self.trial.report(value, step)
         if not self.trial.should_prune():
             return False
-        from cifar_exp.sweeper._optuna import PRUNED_ATTR
+        from cifar_exp.sweeps.sweeper._optuna import PRUNED_ATTR
 
         self.pruned = True
         self.trial.set_user_attr(PRUNED_ATTR, step)
@@ -79,7 +79,7 @@ def open_trial(coordinates):
     """The running Optuna trial named by `cfg.optuna_trial`, with the study's pruner."""
     import optuna
 
-    from cifar_exp.sweeper import _optuna as oh
+    from cifar_exp.sweeps.sweeper import _optuna as oh
 
     storage = oh.open_storage(oh.job_storage_location(str(coordinates.storage)))
     try:
@@ -99,7 +99,7 @@ def build_trial_callback(cfg, tracker):
         return None
     import keras
 
-    from cifar_exp.sweeper._optuna import MLFLOW_RUN_ATTR
+    from cifar_exp.sweeps.sweeper._optuna import MLFLOW_RUN_ATTR
 
     trial = open_trial(coordinates)
     tracker.set_tags({"optuna.study": str(coordinates.study_name), "optuna.trial": str(coordinates.number)})

@@ -54,8 +54,13 @@ def seed_convs_output_side(side: int) -> int:
     return (side - 4) // 2 - 4 * 4 - 2
 
 
-def check_transfer(cfg) -> None:
-    from cifar_exp.data import check_dataset
+def check(cfg) -> None:
+    """The transfer block, and what it asks of model and dataset; the target is a classifier, so
+    classify's checks apply too. Raises ConfigError."""
+    from cifar_exp.data.dataset import check_dataset
+    from cifar_exp.tasks import classify
+
+    classify.check(cfg)
 
     t = cfg.get("transfer")
     if t is None:
@@ -239,8 +244,8 @@ class CoreBuilder:
     def __call__(self, cfg, data):
         import keras
 
-        from cifar_exp.initializers import apply_init, apply_l2
-        from cifar_exp.models import build_model
+        from cifar_exp.models.builders import build_model
+        from cifar_exp.models.initializers import apply_init, apply_l2
 
         t, adapter = cfg.transfer, ADAPTERS[cfg.transfer.adapter]
         shape = self.lenet_shape
@@ -299,8 +304,9 @@ def find_pretraining(client, experiment_name: str, digest: str):
 
 def pretrained_checkpoint(cfg, tracker, folder: Path) -> tuple[Path, str, bool]:
     """(checkpoint file, pretraining run id, reused?): an earlier run's checkpoint, or a new pretraining run."""
-    from cifar_exp import tracking, train
-    from cifar_exp.job import git_state
+    from cifar_exp.tracking import runs as tracking
+    from cifar_exp.tracking.run_info import git_state
+    from cifar_exp.training import fit as train
 
     digest = pretrain_hash(cfg)
     experiment = cfg.mlflow.experiment_name
@@ -345,7 +351,7 @@ def _container(cfg):
 def run(cfg, tracker, checkpoint_dir: str | None = None) -> dict[str, float]:
     """Pretraining (or its reuse), then training on the target; `checkpoint_dir` is the target run's
     per-epoch backup (the pretraining keeps none: an interrupted pretraining starts again)."""
-    from cifar_exp import train
+    from cifar_exp.training import fit as train
 
     t = cfg.transfer
     tracker.set_tags({"transfer.role": "target", "transfer.adapter": t.adapter,

@@ -18,16 +18,19 @@ import numpy as np
 from keras import ops
 from omegaconf import OmegaConf
 
-from cifar_exp import augment, checkpoints, console, outcome, plots
-from cifar_exp.data import DataSplits, load_dataset
-from cifar_exp.distribute import build_strategy, inference_batch_size
-from cifar_exp.initializers import apply_init, apply_l2
-from cifar_exp.losses import build_loss
-from cifar_exp.metrics import ConfusionAccuracy
-from cifar_exp.models import build_model
-from cifar_exp.optim import build_lr_schedule, build_optimizer
-from cifar_exp.resident import build_feed, has_accelerator
-from cifar_exp.spl import build_spl_callback
+from cifar_exp import console
+from cifar_exp.data import augment
+from cifar_exp.data.dataset import DataSplits, load_dataset
+from cifar_exp.data.resident import build_feed, has_accelerator
+from cifar_exp.models.builders import build_model
+from cifar_exp.models.initializers import apply_init, apply_l2
+from cifar_exp.spl.callback import build_spl_callback
+from cifar_exp.tracking import plots
+from cifar_exp.training import checkpoints, outcome
+from cifar_exp.training.distribute import build_strategy, inference_batch_size
+from cifar_exp.training.losses import build_loss
+from cifar_exp.training.metrics import ConfusionAccuracy
+from cifar_exp.training.optim import build_lr_schedule, build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +167,7 @@ def build_classifier(cfg, data: DataSplits, build_core=None):
     inputs = keras.Input(data.image_shape, dtype="uint8", name="images")
     preprocessing = augment.build_preprocessing(cfg.dataset.preprocess, data.x_train)
     if build_core is None and cfg.model.name == "airbench":  # its first layer whitens the training images' patches
-        from cifar_exp.airbench import WHITENING_IMAGES, fit_whitening
+        from cifar_exp.models.airbench import WHITENING_IMAGES, fit_whitening
 
         fit_whitening(core, ops.convert_to_numpy(preprocessing(data.x_train[:WHITENING_IMAGES])))
     x = preprocessing(inputs)
@@ -263,11 +266,11 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         callbacks.append(Checkpoint(checkpoint_dir))
     callbacks.append(logger.sender())
     if cfg.get("optuna_trial"):
-        from cifar_exp.pruning import build_trial_callback
+        from cifar_exp.sweeps.pruning import build_trial_callback
 
         callbacks.append(build_trial_callback(cfg, tracker))
     if cfg.model.name == "airbench" and build_core is None:
-        from cifar_exp.airbench import training_callbacks
+        from cifar_exp.models.airbench import training_callbacks
 
         callbacks += training_callbacks(cfg.model, classifier)
     callbacks += extra_callbacks

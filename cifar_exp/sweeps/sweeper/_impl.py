@@ -7,7 +7,7 @@ and high ends of the search space), so a mistake they all share fails once, not 
 A rerun resumes: finished trials count towards `n_trials`, and trials a dead sweeper left
 RUNNING are failed and queued again; a rerun whose settings (direction, metrics, search space,
 fixed overrides) differ from the study's is refused before it asks for a trial. Jobs report epochs
-to their trial themselves (cifar_exp.pruning); a job that was pruned says so in a trial user attr,
+to their trial themselves (cifar_exp.sweeps.pruning); a job that was pruned says so in a trial user attr,
 and one whose monitored metric does not exist stops the sweep the same way.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from cifar_exp.errors import ConfigError
-from cifar_exp.tracking import mask_secrets
+from cifar_exp.tracking.runs import mask_secrets
 
 from . import _optuna as oh
 
@@ -151,8 +151,8 @@ class OptunaSweeperImpl(Sweeper):
         runs. Failing at some, a region of the space is invalid: warn (those trials will fail)."""
         from hydra.errors import HydraException
 
+        from cifar_exp.data.readers import DataError
         from cifar_exp.job import find_data
-        from cifar_exp.readers import DataError
         from cifar_exp.validate import validate
 
         failures = []

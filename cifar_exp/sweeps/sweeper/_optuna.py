@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_exp.errors import ConfigError
-from cifar_exp.tracking import mask_secrets
+from cifar_exp.tracking.runs import mask_secrets
 
 # The full storage URL when the one a job sees had its password masked.
 STORAGE_ENV = "CIFAR_EXP_OPTUNA_STORAGE"
@@ -50,7 +50,7 @@ def open_storage(location: str):
     import optuna
 
     if is_database_url(location):
-        from cifar_exp.tracking import sqlite_creation_lock
+        from cifar_exp.tracking.runs import sqlite_creation_lock
 
         engine_kwargs = {"connect_args": {"timeout": 60}} if location.startswith("sqlite") else None
         # Workers started together race to create a new sqlite study's tables (alembic).

@@ -92,7 +92,7 @@ def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
         values = [float(lr) * cfg.factor ** i for i in range(len(boundaries) + 1)]
         return schedules.PiecewiseConstantDecay(boundaries, values)
     if cfg.name == "onecycle":
-        from cifar_exp.schedules import OneCycle
+        from cifar_exp.training.schedules import OneCycle
 
         peak_epoch = default_peak_epoch(epochs) if cfg.peak_epoch is None else cfg.peak_epoch
         return OneCycle(float(lr), round(peak_epoch * steps_per_epoch), epochs * steps_per_epoch)
@@ -105,7 +105,7 @@ def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
     if cfg.name == "exponential":
         return schedules.ExponentialDecay(float(lr), cfg.decay_epochs * steps_per_epoch, cfg.decay_rate)
     if cfg.name == "triangle":
-        from cifar_exp.schedules import Triangle
+        from cifar_exp.training.schedules import Triangle
 
         return Triangle(float(lr), epochs * steps_per_epoch, cfg.start, cfg.peak_fraction, cfg.end)
     raise ConfigError("lr_schedule.name", cfg.name, ", ".join(SCHEDULES))
@@ -117,7 +117,7 @@ def build_optimizer(cfg, learning_rate, batch_size: int | None = None, total_ste
     import keras
 
     if cfg.name == "airbench":
-        from cifar_exp.airbench import build_airbench_optimizer
+        from cifar_exp.models.airbench import build_airbench_optimizer
 
         return build_airbench_optimizer(cfg, learning_rate, batch_size, total_steps)
     class_name, fixed, fields = OPTIMIZERS[cfg.name]

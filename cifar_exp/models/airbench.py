@@ -187,7 +187,7 @@ class WhiteningBiasFreeze(keras.callbacks.Callback):
 
 
 def training_callbacks(cfg_model, model) -> list:
-    """The callbacks `model=airbench` trains with (train.py adds them)."""
+    """The callbacks `model=airbench` trains with (training/fit.py adds them)."""
     return [WhiteningBiasFreeze(model, int(cfg_model.whiten_bias_epochs))]
 
 
@@ -296,7 +296,7 @@ def build_airbench_optimizer(cfg, learning_rate, batch_size: int, total_steps: i
     wd·(B/1024)/(2 - m) per step at steady state, whatever the rate: `decay`.
     `learning_rate` is what `build_lr_schedule` made of `optimizer.lr` (a float or a schedule).
     """
-    from cifar_exp.schedules import Triangle
+    from cifar_exp.training.schedules import Triangle
 
     m = float(cfg.momentum)
     per_batch = batch_size / 1024

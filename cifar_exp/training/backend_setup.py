@@ -2,7 +2,7 @@
 cache (`trainer.compile_cache`) and GPU memory (`trainer.gpu_memory`).
 
 Both work through environment variables (and, when JAX is already imported, `jax.config`), so this
-module imports neither TensorFlow nor JAX. job.py calls `configure` before it imports train.py, the
+module imports neither TensorFlow nor JAX. job.py calls `configure` before it imports training/fit.py, the
 first import of Keras in a job. A process keeps the settings of its first job: a backend reads them
 when it starts, and it starts once.
 """

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from cifar_exp.weighting import Pace
+from cifar_exp.spl.weighting import Pace
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def build_spl_callback(cfg_weighting, *, x_train, y_train, sample_weights, batch
     how many of them stay active.
     With a `checkpoint_dir`, the pace's state is saved there at every epoch's end (before
     the model checkpoint), and a job resumed at `first_epoch` continues from it.
-    With `losses_from: train_pass`, train.py must also feed `callback.targets` instead of
+    With `losses_from: train_pass`, training/fit.py must also feed `callback.targets` instead of
     `y_train` and compile with `callback.adapt_compile(loss, metrics)` inside the strategy
     scope, so that each sample's training loss is recorded by its index.
     """
