@@ -32,6 +32,19 @@ def test_non_finite_or_exploding_values_on_any_split_fail(logs, eval_split, mess
         outcome.check_metrics(logs, 10, "epoch 2", eval_split)
 
 
+def test_an_evaluation_lagging_behind_batch_norm_is_bounded_only_at_the_end():
+    # Epoch ends: the evaluated split is checked for NaN/inf, not against the bound (BatchNorm's
+    # moving statistics lag the weights early on); the training split and the final evaluation are.
+    lagging = {"cross_entropy": 2.7, "val_cross_entropy": 142.9}
+    outcome.check_metrics(lagging, 10, "epoch 1", "test", bound_evaluated=False)
+    with pytest.raises(TrainingDiverged, match="test_cross_entropy became nan"):
+        outcome.check_metrics({"val_cross_entropy": math.nan}, 10, "epoch 1", "test", bound_evaluated=False)
+    with pytest.raises(TrainingDiverged, match="cross_entropy reached"):
+        outcome.check_metrics({"cross_entropy": 142.9}, 10, "epoch 1", "test", bound_evaluated=False)
+    with pytest.raises(TrainingDiverged, match="test_cross_entropy reached"):
+        outcome.check_metrics({"test_cross_entropy": 142.9}, 10, "the final evaluation")
+
+
 def test_healthy_values_pass_including_a_large_l2_penalty_in_loss():
     # `loss` holds the L2 penalties: only the cross-entropy metrics are bounded.
     outcome.check_metrics({"loss": 80.0, "cross_entropy": 2.2, "val_loss": 81.0, "val_cross_entropy": BOUND_10,
