@@ -101,7 +101,7 @@ def run_job(cfg, context: JobContext) -> float:
         stopped = signals.as_stopped(error)
         tracker.finish("KILLED", stopped)
         _write_status(context, "KILLED", stopped, tracker.run_id)
-        stopped.summary = stop_line(cfg, stopped, tracker, resumable=checkpoint_dir is not None)
+        stopped.summary = stop_line(cfg, context, stopped, tracker, resumable=checkpoint_dir is not None)
         stopped.sweep_dir = context.sweep_dir if context.multirun else None
         raise stopped from None
     except Exception as error:
@@ -113,7 +113,10 @@ def run_job(cfg, context: JobContext) -> float:
         _write_status(context, "FAILED", error, tracker.run_id, hint=hint)
         if not context.multirun:
             raise
-        log.exception("job %s failed; the sweep goes on", context.job_num)
+        if hint:  # a failure the hint explains (divergence, out of memory): no traceback
+            log.error("job %s failed (%s: %s); the sweep goes on", context.job_num, type(error).__name__, error)
+        else:
+            log.exception("job %s failed; the sweep goes on", context.job_num)
         return math.nan
     tracker.finish("FINISHED")
     judged = outcome.verdict(metrics)  # None for tasks without a test accuracy
@@ -156,16 +159,24 @@ def _refuse_start(cfg, context: JobContext, error: Exception) -> float:
     return math.nan
 
 
-def stop_line(cfg, stopped: signals.Stopped, tracker, resumable: bool) -> str:
-    """'Stopped by SIGTERM after epoch 3/20; run <id> KILLED; re-run the same command to resume'."""
+def stop_line(cfg, context: JobContext, stopped: signals.Stopped, tracker, resumable: bool) -> str:
+    """'Stopped by SIGTERM after epoch 3/20; run <id> KILLED; re-run the same command to resume'.
+
+    A sweep's re-run finds its interrupted jobs by config; a single run resumes in its own
+    folder (a re-run of the same command gets a new timestamped one) or by run id."""
     where = ""
     if cfg.task != "kfold_poly":
         try:
             where = f" after epoch {tracker.logged_epochs()}/{cfg.trainer.epochs}"
         except Exception:  # the store is what failed: the line must still be printed
             pass
-    then = ("re-run the same command to resume" if resumable
-            else "trainer.checkpoint=false: a re-run starts from epoch 1")
+    if not resumable:
+        then = "trainer.checkpoint=false: a re-run starts from epoch 1"
+    elif context.multirun:
+        then = "re-run the same command to resume"
+    else:
+        then = (f"to resume, re-run it with hydra.run.dir={context.output_dir} (or resume={tracker.run_id})"
+                if context.output_dir else f"to resume, re-run it with resume={tracker.run_id}")
     return f"Stopped by {stopped.name}{where}; run {tracker.run_id} KILLED; {then}"
 
 
@@ -185,7 +196,7 @@ def failure_hint(cfg, error: BaseException) -> str | None:
                 "trainer.precision=mixed_bfloat16 (or mixed_float16), or a smaller model")
     if isinstance(error, FloatingPointError):  # outcome.TrainingDiverged among them
         return (f"the loss diverged with optimizer.lr={cfg.optimizer.lr}: try a smaller learning rate "
-                f"(e.g. optimizer.lr={cfg.optimizer.lr / 10:g}), optimizer.clipnorm, another init than "
+                f"(e.g. optimizer.lr={cfg.optimizer.lr / 10:g} or lower), optimizer.clipnorm, another init than "
                 f"init={cfg.init.name}, or trainer.precision=float32 if mixed precision is on")
     return None
 

@@ -52,6 +52,9 @@ def cli() -> None:
         sys.exit(report_main(sys.argv[2:]))
     from cifar_exp import overrides, signals
 
+    # TensorFlow's C++ INFO lines (oneDNN, CUDA stubs, memory patches) drown a job's own lines;
+    # its warnings and errors still show. A value the user set wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
     try:
         check_command_line(sys.argv[1:])
@@ -75,6 +78,8 @@ def check_command_line(args: list[str]) -> None:
     """Refuse unknown keys before Hydra composes (its hint for them is to add them with `+`),
     and hand a multirun's swept keys to its jobs (through the environment, which every
     launcher passes on). Anything this cannot compose is left to Hydra to report."""
+    from pathlib import Path
+
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra

@@ -24,7 +24,6 @@ def test_the_explosion_bound_is_ten_times_chance_level_cross_entropy():
     ({"loss": 2.3, "val_loss": float("inf")}, "test", "test_loss became inf"),  # the evaluated split, named
     ({"val_accuracy": float("nan")}, "val", "val_accuracy became nan"),
     ({"loss": 2.4e9, "cross_entropy": 2.4e9}, "test", r"cross_entropy reached 2\.4e\+09 nats"),  # finite, exploded
-    ({"val_cross_entropy": BOUND_10 + 0.1}, "test", "test_cross_entropy reached"),
     ({"unweighted_loss": 1e4}, "test", "unweighted_loss reached"),  # self-paced train_pass's recorder
 ])
 def test_non_finite_or_exploding_values_on_any_split_fail(logs, eval_split, message):
@@ -32,17 +31,15 @@ def test_non_finite_or_exploding_values_on_any_split_fail(logs, eval_split, mess
         outcome.check_metrics(logs, 10, "epoch 2", eval_split)
 
 
-def test_an_evaluation_lagging_behind_batch_norm_is_bounded_only_at_the_end():
-    # Epoch ends: the evaluated split is checked for NaN/inf, not against the bound (BatchNorm's
-    # moving statistics lag the weights early on); the training split and the final evaluation are.
-    lagging = {"cross_entropy": 2.7, "val_cross_entropy": 142.9}
-    outcome.check_metrics(lagging, 10, "epoch 1", "test", bound_evaluated=False)
+def test_the_bound_is_on_training_an_evaluated_split_fails_on_non_finite_values_only():
+    # BatchNorm's moving statistics lag the weights early on: an evaluation can score far above the
+    # bound while training is healthy (ResNet-9's recipe after 10 steps: 143 nats on test, 2.7 in training).
+    outcome.check_metrics({"cross_entropy": 2.7, "val_cross_entropy": 142.9}, 10, "epoch 1", "test")
+    outcome.check_metrics({"test_cross_entropy": 142.9, "test_accuracy": 0.1}, 10, "the final evaluation")
     with pytest.raises(TrainingDiverged, match="test_cross_entropy became nan"):
-        outcome.check_metrics({"val_cross_entropy": math.nan}, 10, "epoch 1", "test", bound_evaluated=False)
+        outcome.check_metrics({"val_cross_entropy": math.nan}, 10, "epoch 1", "test")
     with pytest.raises(TrainingDiverged, match="cross_entropy reached"):
-        outcome.check_metrics({"cross_entropy": 142.9}, 10, "epoch 1", "test", bound_evaluated=False)
-    with pytest.raises(TrainingDiverged, match="test_cross_entropy reached"):
-        outcome.check_metrics({"test_cross_entropy": 142.9}, 10, "the final evaluation")
+        outcome.check_metrics({"cross_entropy": 142.9}, 10, "epoch 1", "test")
 
 
 def test_healthy_values_pass_including_a_large_l2_penalty_in_loss():

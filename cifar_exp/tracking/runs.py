@@ -188,8 +188,12 @@ class RunTracker:
 
     @classmethod
     def resume(cls, client, run_id: str, output_dir: str | None = None):
-        """Continue an unfinished run: same id, new metrics appended."""
+        """Continue an unfinished run: same id, new metrics appended. The tags that said why it
+        stopped (`error`, `failure_hint`) go: they would contradict the run once it finishes."""
         _retry(lambda: client.update_run(run_id, status="RUNNING"))
+        stale = [key for key in ("error", "failure_hint") if key in client.get_run(run_id).data.tags]
+        for key in stale:
+            _retry(lambda key=key: client.delete_tag(run_id, key))
         return cls(client, run_id, output_dir)
 
     @classmethod

@@ -1,8 +1,8 @@
 """What a run's numbers say: a diverged run fails, a run at chance level is tagged "did not learn".
 
-Diverged: a loss or metric that is NaN/inf, or a cross-entropy above EXPLOSION_FACTOR x ln(classes),
-on any split, at any batch or epoch end or in the final evaluation. Did not learn: the final test
-accuracy is below the chance level plus CHANCE_SIGMAS binomial standard deviations. Importing
+Diverged: a loss or metric that is NaN/inf on any split, at any batch or epoch end or in the
+final evaluation, or a training cross-entropy above EXPLOSION_FACTOR x ln(classes). Did not
+learn: the final test accuracy is below the chance level plus CHANCE_SIGMAS binomial standard deviations. Importing
 this module does not import Keras (job.py and main.py use it); `divergence_callback` does.
 """
 from __future__ import annotations
@@ -37,10 +37,9 @@ def explosion_bound(num_classes: int) -> float:
     return EXPLOSION_FACTOR * math.log(num_classes)
 
 
-def check_metrics(metrics: Mapping[str, float], num_classes: int, where: str, eval_split: str = "val",
-                  bound_evaluated: bool = True) -> None:
-    """Raise TrainingDiverged when a value in `metrics` is NaN/inf, or a cross-entropy exceeds
-    `explosion_bound(num_classes)` (for the evaluated split's `val_*` keys only if `bound_evaluated`).
+def check_metrics(metrics: Mapping[str, float], num_classes: int, where: str, eval_split: str = "val") -> None:
+    """Raise TrainingDiverged when a value in `metrics` is NaN/inf, or a training cross-entropy
+    exceeds `explosion_bound(num_classes)`.
 
     `metrics`: Keras logs or final metrics ({"loss": 2.3, "val_cross_entropy": ...}); keys starting
     with `val_` are reported as `eval_split`'s; `spl_*` keys are not checked. `where` says when, for
@@ -57,7 +56,13 @@ def check_metrics(metrics: Mapping[str, float], num_classes: int, where: str, ev
         base = shown.split("_", 1)[1] if shown.startswith(("val_", "test_")) else shown
         if not math.isfinite(value):
             raise TrainingDiverged(f"{shown} became {value} in {where}")
-        if base in CROSS_ENTROPY_KEYS and value > bound and (bound_evaluated or not key.startswith("val_")):
+        # The bound applies to what the optimizer sees. An evaluated split (val_*, test_*) fails on
+        # NaN/inf only: BatchNorm's moving statistics lag the weights early in training, so an
+        # evaluation can score far above the bound while training is healthy (measured: ResNet-9's
+        # recipe, 10 steps an epoch, test cross-entropy 143 nats after epoch 1 at a training 2.7;
+        # AlexNet on 2,000 images, 21 after epoch 1 at 2.0). A model that only fails on the test
+        # split ends at chance level: the did-not-learn rule reports it.
+        if base in CROSS_ENTROPY_KEYS and value > bound and base == shown:
             raise TrainingDiverged(f"{shown} reached {value:.4g} nats in {where}, above {bound:.3g} "
                                    f"({EXPLOSION_FACTOR} x ln {num_classes}, the bound for an exploding loss)")
 
@@ -65,7 +70,7 @@ def check_metrics(metrics: Mapping[str, float], num_classes: int, where: str, ev
 def divergence_callback(num_classes: int, eval_split: str):
     """A Keras callback that stops training with TrainingDiverged as soon as a logged value fails
     `check_metrics`: after every training batch (Keras' running means of the epoch) and at every
-    epoch's end (the evaluated split too, for NaN/inf; its bound is checked at the end).
+    epoch's end (the evaluated split too).
 
     Not keras.callbacks.TerminateOnNaN: that one looks at the training `loss` only, catches no
     finite explosion, and (raise_error=False) ends fit as if training had finished.
@@ -88,11 +93,7 @@ def divergence_callback(num_classes: int, eval_split: str):
             check_metrics(logs or {}, num_classes, f"epoch {self.epoch + 1}, batch {batch + 1}", eval_split)
 
         def on_epoch_end(self, epoch, logs=None):
-            # The evaluated split is held to the bound only at the end (the final evaluation):
-            # early on, BatchNorm's moving statistics lag the weights, so an evaluation can score
-            # far above it while training is healthy (ResNet-9, 10 steps an epoch: test cross-
-            # entropy 143 nats after epoch 1, training 2.7). NaN/inf fail on every split at once.
-            check_metrics(logs or {}, num_classes, f"epoch {epoch + 1}", eval_split, bound_evaluated=False)
+            check_metrics(logs or {}, num_classes, f"epoch {epoch + 1}", eval_split)
 
     return StopOnDivergence()
 
