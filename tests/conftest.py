@@ -34,6 +34,18 @@ def run_cli(args, cwd, timeout=600, env=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def stop_after_epochs(epochs: int):
+    """A Keras callback (placed after the checkpoint) that interrupts training once `epochs` finished."""
+    import keras
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == epochs:
+                raise KeyboardInterrupt(f"interrupted after epoch {epochs}")
+
+    return Stop()
+
+
 def tracking_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/mlflow.db"
 

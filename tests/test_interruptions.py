@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMOKE, all_runs, compose, run_cli, tracking_uri
+from conftest import SMOKE, all_runs, compose, run_cli, stop_after_epochs, tracking_uri
 
 PASSWORD = "pw-Hunter2-secret"
 SECRET_URL = f"postgresql://alice:{PASSWORD}@127.0.0.1:1/x"
@@ -180,20 +180,6 @@ def test_nothing_readable_is_moved_aside_not_deleted(tmp_path, caplog):
     assert "starting from scratch" in caplog.text
 
 
-class _StopAfter:
-    """A callback (placed after the checkpoint) that interrupts training once `epochs` finished."""
-
-    def __new__(cls, epochs):
-        import keras
-
-        class Stop(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if epoch + 1 == epochs:
-                    raise KeyboardInterrupt(f"interrupted after epoch {epochs}")
-
-        return Stop()
-
-
 @pytest.mark.parametrize("damage", ["weights", "epoch_metrics"])
 def test_a_checkpoint_cut_short_loses_at_most_one_epoch_and_logs_every_step_once(tmp_path, fake_tracker, damage):
     """The issue's example (truncate latest.weights.h5 to half) and a partial epoch record."""
@@ -205,7 +191,7 @@ def test_a_checkpoint_cut_short_loses_at_most_one_epoch_and_logs_every_step_once
     fake_tracker.metrics.clear()
 
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path / "cut"), extra_callbacks=[_StopAfter(3)])
+        train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path / "cut"), extra_callbacks=[stop_after_epochs(3)])
     if damage == "weights":
         _truncate(tmp_path / "cut" / "latest.weights.h5")
     else:
@@ -251,7 +237,7 @@ def _job(cfg_overrides, output_dir, uri, stop_after=None, monkeypatch=None):
     from cifar_exp.training import fit as train
 
     def run_task(cfg, tracker, checkpoint_dir):
-        return train.run(cfg, tracker, checkpoint_dir=checkpoint_dir, extra_callbacks=[_StopAfter(stop_after)])
+        return train.run(cfg, tracker, checkpoint_dir=checkpoint_dir, extra_callbacks=[stop_after_epochs(stop_after)])
 
     monkeypatch.setattr(job, "run_task", run_task)
     try:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SMOKE, all_runs, run_cli, tracking_uri
+from conftest import SMOKE, all_runs, run_cli, stop_after_epochs, tracking_uri
 
 # Long enough epochs (about a second each on 2 CPU cores) to kill the job between them.
 RESUMABLE = [*SMOKE, "dataset.train_size=4096", "trainer.epochs=4", "trainer.deterministic=true",
@@ -237,20 +237,6 @@ def test_two_optuna_workers_share_one_study_without_losing_trials_or_runs(tmp_pa
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
 
 
-class _StopAfter:
-    """A callback (placed after the checkpoint) that interrupts training once `epochs` finished."""
-
-    def __new__(cls, epochs):
-        import keras
-
-        class Stop(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if epoch + 1 == epochs:
-                    raise KeyboardInterrupt(f"interrupted after epoch {epochs}")
-
-        return Stop()
-
-
 class _FinalWeights:
     def __new__(cls, into: list):
         import keras
@@ -280,7 +266,7 @@ def test_a_resumed_self_paced_job_weights_and_ends_as_if_never_interrupted(tmp_p
 
     fake_tracker.metrics.clear()
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path / "killed"), extra_callbacks=[_StopAfter(2)])
+        train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path / "killed"), extra_callbacks=[stop_after_epochs(2)])
     assert sorted(p.name for p in (tmp_path / "killed").glob("spl_state_*")) == [
         "spl_state_epoch_0001.npz", "spl_state_epoch_0002.npz"]
     train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path / "killed"),
@@ -302,7 +288,7 @@ def test_a_resumed_self_paced_job_without_saved_state_warns_and_re_anchors(tmp_p
 
     cfg = compose([*SMOKE, "trainer.epochs=3", "weighting=linear", "weighting.warmup_epochs=0"])
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path), extra_callbacks=[_StopAfter(1)])
+        train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path), extra_callbacks=[stop_after_epochs(1)])
     for state in tmp_path.glob("spl_state_*"):
         state.unlink()
     train.run(cfg, fake_tracker, checkpoint_dir=str(tmp_path))
