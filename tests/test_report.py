@@ -54,6 +54,15 @@ def test_swept_keys_are_the_varying_overrides_with_seeds_pooled():
     assert list(report.group(records, ["init"])) == ["init=he_uniform", "init=zeros"]
 
 
+def test_the_swept_keys_tag_names_the_axes_even_when_one_value_finished():
+    # optimizer.lr=1e6,0.01 --multirun: the 1e6 job diverged (FAILED, left out); the one left is
+    # still labelled by what the sweep varied, not "all runs".
+    tags = {"swept_keys": "optimizer.lr,seed"}
+    records = [report.RunRecord("0", 0.3, report.parse_overrides("optimizer.lr=0.01 seed=0"), {}, tags)]
+    assert report.swept_keys(records) == ["optimizer.lr"]
+    assert list(report.group(records, report.swept_keys(records))) == ["optimizer.lr=0.01"]
+
+
 # ------------------------------------------------------------------- from an MLflow store
 
 KNOWN = {"he_uniform": [0.60, 0.62, 0.64], "random_normal": [0.58, 0.61, 0.55]}

@@ -125,13 +125,16 @@ def _compared(key: str) -> bool:
 
 
 def swept_keys(records: list[RunRecord]) -> list[str]:
-    """The keys whose value differs between runs: from the command-line overrides when runs
-    carry them (a sweep's own axes), else from all params; seeds and bookkeeping left out."""
+    """The keys a sweep varied: the runs' `swept_keys` tag (what the command line or the sweeper
+    swept, even when only one value's runs finished), else the keys whose value differs between
+    runs, from the command-line overrides when runs carry them, else from all params; seeds and
+    bookkeeping left out."""
     def varying(dicts):
         keys = sorted({k for d in dicts for k in d if _compared(k)})
         return [k for k in keys if len({d.get(k) for d in dicts}) > 1]
 
-    return varying([r.overrides for r in records]) or varying([r.params for r in records])
+    tagged = sorted({k for r in records for k in r.tags.get("swept_keys", "").split(",") if k and _compared(k)})
+    return tagged or varying([r.overrides for r in records]) or varying([r.params for r in records])
 
 
 def group(records: list[RunRecord], keys: list[str]) -> dict[str, list[RunRecord]]:
