@@ -12,6 +12,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 # A job on a CPU estimated (after its first epoch) to run longer than this gets the quicker options.
+EARLY_ESTIMATE_S = 30  # after the first batch: long enough to time the pace, short enough to be early
 LONG_CPU_JOB_S = 30 * 60
 
 
@@ -105,22 +106,54 @@ def remaining_s(epoch_times: list[float], remaining_epochs: int) -> float:
     return remaining_epochs * sum(timed) / len(timed) if timed else 0.0
 
 
-def slow_cpu_warning(total_s: float, first_epoch_s: float) -> str:
-    return (f"on this CPU the job is estimated to take {duration(total_s)} in all (its first epoch took "
-            f"{duration(first_epoch_s)}). For a quicker try: fewer epochs (trainer.epochs=3), a subset "
-            "(dataset.limit_train=5000), a smaller model (model=simple_cnn), or a GPU")
+def slow_cpu_warning(total_s: float, first_epoch_s: float | None) -> str:
+    """The warning for a CPU job estimated to run longer than LONG_CPU_JOB_S; `first_epoch_s`
+    None when the estimate comes from the first batches."""
+    basis = (f"its first epoch took {duration(first_epoch_s)}" if first_epoch_s is not None
+             else "from its first batches, training alone")
+    return (f"on this CPU the job is estimated to take {duration(total_s)} in all ({basis}). For a quicker "
+            "try: fewer epochs (trainer.epochs=3), a subset (dataset.limit_train=5000), a smaller model "
+            "(model=simple_cnn), or a GPU")
 
 
 def progress_callback(epochs: int, eval_split: str = "val", on_cpu: bool = False, print_epochs: bool = True):
     """A Keras callback that logs one line per epoch (with `print_epochs`) carrying epoch k/N,
-    the metrics, the time elapsed and the ETA; and, on a CPU, a warning after the first epoch
-    when the whole job would take longer than LONG_CPU_JOB_S."""
+    the metrics, the time elapsed and the ETA, and one early estimate EARLY_ESTIMATE_S into the
+    first epoch; on a CPU, a warning (from that estimate, else after the first epoch) when the
+    whole job would take longer than LONG_CPU_JOB_S."""
     import keras
 
     class Progress(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.started = self.last = time.perf_counter()
             self.epoch_times: list[float] = []
+            self.first_batch_end = None  # the first batch also compiles: the pace is timed after it
+            self.estimated = self.warned = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            # One early estimate, EARLY_ESTIMATE_S after the first batch, so a long first epoch is
+            # not silent (off a terminal nothing else prints before it ends) and a CPU job that
+            # would run for hours says so within a minute, not after its first epoch.
+            if self.estimated or self.epoch_times:
+                return
+            now = time.perf_counter()
+            if self.first_batch_end is None:
+                self.first_batch_end = now
+                return
+            steps = (self.params or {}).get("steps")
+            if not steps or now - self.first_batch_end < EARLY_ESTIMATE_S:
+                return
+            self.estimated = True
+            per_batch = (now - self.first_batch_end) / batch
+            epoch_s = now - self.started + per_batch * (steps - batch - 1)
+            total_s = epoch_s + per_batch * steps * (epochs - 1)
+            if print_epochs:
+                log.info("Epoch 1/%d: batch %d/%d after %s; training alone will take about %s for this epoch, "
+                         "%s in all", epochs, batch + 1, steps, duration(now - self.started), duration(epoch_s),
+                         duration(total_s))
+            if on_cpu and total_s > LONG_CPU_JOB_S:
+                self.warned = True
+                log.warning("%s", slow_cpu_warning(total_s, None))
 
         def on_epoch_end(self, epoch, logs=None):
             now = time.perf_counter()
@@ -129,7 +162,8 @@ def progress_callback(epochs: int, eval_split: str = "val", on_cpu: bool = False
             eta = remaining_s(self.epoch_times, epochs - epoch - 1)
             if print_epochs:
                 log.info("%s", epoch_line(epoch + 1, epochs, logs or {}, now - self.started, eta, eval_split))
-            if on_cpu and len(self.epoch_times) == 1 and now - self.started + eta > LONG_CPU_JOB_S:
+            if on_cpu and len(self.epoch_times) == 1 and now - self.started + eta > LONG_CPU_JOB_S \
+                    and not self.warned:
                 log.warning("%s", slow_cpu_warning(now - self.started + eta, self.epoch_times[0]))
 
     return Progress()

@@ -74,6 +74,25 @@ def test_a_long_cpu_job_is_told_the_quicker_options(caplog, monkeypatch, on_cpu,
         assert "trainer.epochs=3" in warnings[0] and "dataset.limit_train" in warnings[0] and "GPU" in warnings[0]
 
 
+def test_the_first_batches_give_an_early_estimate_and_warn_a_long_cpu_job_once(caplog, monkeypatch):
+    # 100 steps an epoch, 24 epochs; the first batch (compiling) ends at 5 s, then 1 s a batch.
+    clock = iter([0.0, 5.0, 15.0, 40.0] + [1000.0])
+    monkeypatch.setattr(console.time, "perf_counter", lambda: next(clock))
+    progress = console.progress_callback(24, "test", on_cpu=True)
+    progress.params = {"steps": 100, "epochs": 24}
+    with caplog.at_level(logging.INFO):
+        progress.on_train_begin()
+        progress.on_train_batch_end(0)   # 5 s: the first batch, compiling
+        progress.on_train_batch_end(10)  # 15 s: too early to judge the pace
+        assert not caplog.records
+        progress.on_train_batch_end(35)  # 40 s: 35 s for 35 batches, 1 s each
+        progress.on_epoch_end(0, {"loss": 2.0})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("Epoch 1/24: batch 36/100 after 40s") and "about 1m44s for this epoch" in lines[0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "from its first batches" in warnings[0]  # not again after the epoch
+
+
 def test_a_sweep_job_points_at_a_shared_view_of_the_sweeps_runs(tmp_path, caplog):
     uri = tracking_uri(tmp_path)
     cfg = compose(["experiment=kfold_poly", "kfold.repeats=2", "kfold.n_samples=30", "kfold.noise=0.5",
