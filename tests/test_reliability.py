@@ -93,11 +93,11 @@ def test_two_deterministic_runs_have_bit_identical_epoch_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_secrets_are_masked_everywhere(tmp_path):
-    """A password URL in a new key, the run name and the experiment name (tests/test_interruptions.py
+    """A password URL in a free-form tag, the run name and the experiment name (tests/test_interruptions.py
     puts one into every string field of the config, in-process)."""
     uri = tracking_uri(tmp_path)
     secret = "postgresql://alice:hunter2@db.example:5432/prod"
-    result = run_cli([*SMOKE, "trainer.epochs=1", f"+notes={secret}", f"mlflow.run_name=run-{secret}",
+    result = run_cli([*SMOKE, "trainer.epochs=1", f"+tags.notes={secret}", f"mlflow.run_name=run-{secret}",
                       f"mlflow.experiment_name=exp-{secret}", f"mlflow.tracking_uri={uri}",
                       "optimizer.lr=0.001,0.002", f"hydra.sweep.dir={tmp_path}/sweep", "--multirun"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -108,7 +108,8 @@ def test_secrets_are_masked_everywhere(tmp_path):
     client, runs = all_runs(uri)
     assert len(runs) == 2
     for run in runs:
-        assert run.data.params["notes"] == "postgresql://alice:***@db.example:5432/prod"
+        assert run.data.params["tags.notes"] == "postgresql://alice:***@db.example:5432/prod"
+        assert run.data.tags["notes"] == "postgresql://alice:***@db.example:5432/prod"  # the free-form tag
         assert run.info.run_name == "run-postgresql://alice:***@db.example:5432/prod"
         assert "hunter2" not in json.dumps(run.data.tags) + run.info.run_name
         assert "hunter2" not in open(client.download_artifacts(run.info.run_id, "config.yaml")).read()
@@ -165,13 +166,14 @@ def test_an_unreadable_checkpoint_is_moved_aside_with_a_warning(tmp_path, caplog
 @pytest.mark.slow
 def test_four_parallel_jobs_share_one_new_sqlite_store_without_losses(tmp_path):
     uri = tracking_uri(tmp_path)
-    result = run_cli([*SMOKE, "init=he_normal,zeros,ones,glorot_uniform", "hydra/launcher=joblib",
+    # (not init=ones: LeNet's cross-entropy explodes with it, 4.9e5 nats at batch 2, and the job fails as diverged)
+    result = run_cli([*SMOKE, "init=he_normal,zeros,lecun_normal,glorot_uniform", "hydra/launcher=joblib",
                       "hydra.launcher.n_jobs=4", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep",
                       "--multirun"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Sweep summary: 4 finished, 0 failed" in result.stdout
     client, runs = all_runs(uri)
-    assert sorted(r.data.tags["choice.init"] for r in runs) == ["glorot_uniform", "he_normal", "ones", "zeros"]
+    assert sorted(r.data.tags["choice.init"] for r in runs) == ["glorot_uniform", "he_normal", "lecun_normal", "zeros"]
     for run in runs:
         assert run.info.status == "FINISHED"
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2]
