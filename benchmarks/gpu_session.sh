@@ -91,8 +91,7 @@ part resnet9 "$(scaled 120)" experiment=resnet9 "seed=$SEEDS_R9" $RESNET9_X
 # 3. lr x seed: do jobs differing in optimizer.lr reuse the compiled step (first-epoch seconds)?
 # 3 epochs each: the question is the first epoch's seconds, not the accuracy.
 part lr_sweep "$(scaled 75)" experiment=airbench optimizer.lr=9.0,13.0 seed=10,11 trainer.epochs=3 $AIRBENCH_X
-# 4. several jobs on one GPU: 4 init_comparison jobs at n_jobs 1, 2, 4 (sweep wall time). Not
-# init=orthogonal: with the preset's init.bias=same it fails on 1-D biases (a known bug, reported).
+# 4. several jobs on one GPU: 4 init_comparison jobs at n_jobs 1, 2, 4 (sweep wall time).
 for n in 1 2 4; do
   part "init_n$n" "$(scaled 50)" experiment=init_comparison init=he_normal,glorot_uniform,he_uniform,lecun_normal \
     seed=0 hydra/launcher=joblib "hydra.launcher.n_jobs=$n" $INIT_X

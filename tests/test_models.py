@@ -83,3 +83,13 @@ def test_l2_penalties_are_added_to_the_loss():
     apply_l2(model, kernel_l2=1e-3, bias_l2=1e-4)
     expected = sum(1e-3 * np.sum(l.kernel.numpy() ** 2) + 1e-4 * np.sum(l.bias.numpy() ** 2) for l in _weights(model))
     assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("overrides", [["init=orthogonal", "init.bias=same"], ["init=he_normal", "init.bias=orthogonal"]])
+def test_a_matrix_only_initializer_for_biases_is_refused_before_training(overrides):
+    from cifar_exp.errors import ConfigError
+    from cifar_exp.models.initializers import check_init
+
+    with pytest.raises(ConfigError, match=r"init\.bias.*orthogonal, which needs a matrix"):
+        check_init(compose(overrides).init)
+    check_init(compose(["init=orthogonal"]).init)  # its kernels, with zero biases: fine

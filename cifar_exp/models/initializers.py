@@ -28,6 +28,10 @@ INIT_NAMES = ("default",) + tuple(INITIALIZERS)
 BIAS_CHOICES = ("default", "same") + tuple(INITIALIZERS)
 
 
+# Initializers Keras defines for matrices only (orthogonal: "only shapes of rank 2 or more").
+MATRIX_ONLY = ("orthogonal",)
+
+
 def check_init(cfg) -> None:
     if cfg.name not in INIT_NAMES:
         raise ConfigError("init.name", cfg.name, ", ".join(INIT_NAMES))
@@ -36,6 +40,9 @@ def check_init(cfg) -> None:
         raise ConfigError("init.bias", bias, ", ".join(BIAS_CHOICES))
     if bias == "same" and cfg.name == "default":
         raise ConfigError("init.bias", bias, "'same' needs a kernel initializer other than 'default'")
+    if (cfg.name if bias == "same" else bias) in MATRIX_ONLY:  # Keras raises on a 1-D bias, mid-build
+        raise ConfigError("init.bias", bias, f"an initializer for 1-D biases (not {', '.join(MATRIX_ONLY)}, "
+                          "which needs a matrix): zeros, default, or the name of another initializer")
     for key in INITIALIZERS.get(cfg.name, (None, ()))[1]:
         if not isinstance(cfg.get(key), (int, float)) or isinstance(cfg.get(key), bool):
             raise ConfigError(f"init.{key}", cfg.get(key), "a number")
