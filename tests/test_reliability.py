@@ -220,7 +220,7 @@ def test_two_optuna_workers_share_one_study_without_losing_trials_or_runs(tmp_pa
     storage = f"sqlite:///{tmp_path}/optuna.db"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     workers = [subprocess.Popen(
-        [sys.executable, "-m", "cifar_exp", *SMOKE, "trainer.epochs=1", "hparams_search=lr_optuna",
+        [sys.executable, "-m", "cifar_exp", *SMOKE, "trainer.epochs=1", "hparams_search=lr_optuna", "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
          f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=4",
          f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/worker{k}"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in (0, 1)]
