@@ -70,6 +70,10 @@ def test_bad_values_fail_before_training(override, message):
         validate(compose([override]))
 
 
+def test_null_switches_the_cache_off_and_validates():
+    validate(compose(["trainer.compile_cache=null"]))  # it raised TypeError ('in' on None) before
+
+
 def test_a_fraction_is_refused_under_tensorflow(clean_env):
     clean_env.setenv("KERAS_BACKEND", "tensorflow")
     with pytest.raises(ConfigError, match="JAX only"):

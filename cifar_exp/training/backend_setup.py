@@ -23,7 +23,7 @@ def check_backend_settings(trainer) -> None:
     cache = trainer.get("compile_cache", "auto")
     if cache is not None and not (isinstance(cache, str) and cache):
         raise ConfigError("trainer.compile_cache", cache, "auto, a folder, or null (no persistent cache)")
-    if "://" in cache:  # XLA writes to a local folder; a URL would become a folder named after it
+    if cache is not None and "://" in cache:  # XLA writes to a local folder; a URL would become a folder named after it
         raise ConfigError("trainer.compile_cache", cache, "auto, a local folder (not a URL), or null")
     if cache not in (None, "auto") and Path(cache).expanduser().exists() and not Path(cache).expanduser().is_dir():
         raise ConfigError("trainer.compile_cache", cache, "auto, a folder (this is a file), or null")
