@@ -54,6 +54,39 @@ def test_evaluation_batches_never_leave_a_replica_empty(n, batch_size, replicas,
         distribute.inference_batch_size(3, 8, 4)
 
 
+@pytest.mark.parametrize("n, batch_size, replicas, expected", [
+    (10000, 512, 1, 500), (50000, 512, 1, 500), (10000, 1024, 1, 1000),  # equal batches: one compiled shape
+    (10000, 512, 8, 400),  # 500 is no multiple of 8
+    (600, 512, 1, 300),  # 512 + 88 -> 300 + 300: as many batches
+    (997, 512, 1, 512), (10240 + 1, 512, 1, 512),  # no divisor in (256, 512]: the batch size, a shorter last batch
+    (256, 512, 1, 512),  # one batch anyway
+])
+def test_evaluation_batches_are_equal_where_a_size_within_half_the_batch_size_divides_the_split(
+        n, batch_size, replicas, expected):
+    """XLA compiles one test/predict step per batch shape: a split in equal batches compiles one."""
+    assert distribute.inference_batch_size(n, batch_size, replicas) == expected
+
+
+@pytest.mark.slow
+def test_under_jax_a_job_compiles_one_test_step_for_a_split_in_equal_batches(tmp_path):
+    """600 test images (512 + 88 before): the per-epoch flip-TTA evaluation compiles one test step, the job one
+    train step (512 training images, one batch) and no predict step (the confusion matrix comes from the last
+    evaluation). Counted from JAX's compile log (jax_log_compiles), so a change that compiles extra programs
+    for the same recipe shows here."""
+    from conftest import run_cli
+
+    pytest.importorskip("jax")
+    args = ["experiment=resnet9", "model.width=8", "dataset=synthetic", "dataset.train_size=512",
+            "dataset.test_size=600", "trainer.epochs=2", "trainer.tta=true", "trainer.verbose=0",
+            "trainer.compile_cache=null", f"mlflow.tracking_uri={tracking_uri(tmp_path)}", f"hydra.run.dir={tmp_path}/run"]
+    out = run_cli(args, cwd=tmp_path, env={"KERAS_BACKEND": "jax", "JAX_LOG_COMPILES": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    compiled = [line.split("Finished XLA compilation of ")[1].split(" in ")[0]
+                for line in out.stderr.splitlines() if "Finished XLA compilation of " in line]
+    steps = {name: compiled.count(name) for name in ("jit(train_step)", "jit(test_step)", "jit(predict_step)")}
+    assert steps == {"jit(train_step)": 1, "jit(test_step)": 1, "jit(predict_step)": 0}, compiled
+
+
 def test_mixed_float16_without_a_gpu_warns_at_job_start(monkeypatch, caplog):
     monkeypatch.setattr(distribute, "replicas_in_sync", lambda name: 1)
     monkeypatch.setattr(resident, "has_accelerator", lambda: False)
