@@ -1,5 +1,5 @@
-"""Figure 3: time-to-accuracy. For each recipe (`experiment=resnet9`, seed 003's 24 epochs,
-`experiment=fast`, and `experiment=airbench`, airbench94 rebuilt) and seed, the seconds of training until the test accuracy measured after an
+"""Figure 3: time-to-accuracy. For each recipe (`experiment=resnet9`, seed 003's 24 epochs, and
+`experiment=airbench`, airbench94 rebuilt) and seed, the seconds of training until the test accuracy measured after an
 epoch first reaches each threshold (93%, 94%), and the final test accuracy.
 
 Training seconds run from the start of `model.fit` (the first step's tracing and XLA compilation
@@ -12,7 +12,7 @@ compilation: the first epoch's seconds minus the median later epoch's. Each job 
 `train.run` in this process, as `python -m cifar_exp` would, without MLflow.
 
     KERAS_BACKEND=jax python benchmarks/time_to_accuracy.py /path/to/cifar10 \
-        [--recipes resnet9 fast] [--seeds 0 1 2] [--thresholds 0.93 0.94] [-- hydra overrides ...]
+        [--recipes resnet9 airbench] [--seeds 0 1 2] [--thresholds 0.93 0.94] [-- hydra overrides ...]
 
 With --process each job runs as its own `python -m cifar_exp` with MLflow (a sqlite store in a
 temporary folder), and the row adds what a user waits for: `process_s`, process start to exit, and
@@ -190,7 +190,7 @@ def seconds(value) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_path", help="the CIFAR-10 copy (dataset.path); '-' for a dataset without a path")
-    parser.add_argument("--recipes", nargs="+", default=["resnet9", "fast", "airbench"], help="conf/experiment/ names")
+    parser.add_argument("--recipes", nargs="+", default=["resnet9", "airbench"], help="conf/experiment/ names")
     parser.add_argument("--process", action="store_true",
                         help="each job as its own `python -m cifar_exp` process with MLflow (process and run seconds)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -109,7 +109,6 @@ PRESETS = {
     "allcnn": ("allcnn_c", "default", "default", "momentum", 0.021, "piecewise", 150, 32,
                "per_image_standardization", "none"),
     "resnet9": ("resnet9", "torch_uniform", "zeros", "nesterov", 0.4, "onecycle", 24, 512, "mean_std", "crop_flip"),
-    "fast": ("resnet9", "torch_uniform", "zeros", "nesterov", 0.6, "onecycle", 12, 512, "mean_std", "crop_flip"),
     "spcn": ("simple_cnn", "glorot_uniform", "zeros", "adadelta", 1.0, "constant", 10, 32, "scale", "none"),
     "spl_noisy_labels": ("resnet9", "torch_uniform", "zeros", "nesterov", 0.4, "onecycle", 20, 512, "mean_std",
                          "crop_flip"),
@@ -132,8 +131,6 @@ def test_presets_keep_their_other_settings():
     # experiment=resnet9 pinned peak_epoch 5 until recipes; null is the seed's (epochs + 1) // 5, also 5 at 24
     # epochs, and keeps `experiment=resnet9 trainer.epochs=3` valid.
     assert compose(["experiment=resnet9"]).lr_schedule.peak_epoch is None
-    fast = compose(["experiment=fast"]).trainer
-    assert (fast.precision, fast.tta, fast.label_smoothing, fast.jit_compile) == ("mixed_bfloat16", True, 0.2, True)
     spcn = compose(["experiment=spcn"])
     assert (spcn.weighting.name, spcn.dataset.limit_train, spcn.mlflow.experiment_name) == ("mixture", 500, "spcn")
     assert compose(["experiment=spl_noisy_labels"]).dataset.label_noise == 0.4

@@ -1,5 +1,6 @@
 """Flip test-time augmentation and label smoothing: what they compute, where they act (TTA only
-outside training, smoothing only in the loss), how bad values are refused, and the fast recipe."""
+outside training, smoothing only in the loss), how bad values are refused, and that they combine with
+bfloat16 and XLA."""
 import math
 
 import numpy as np
@@ -168,15 +169,12 @@ def test_good_values_pass(override):
     validate(compose([override]))
 
 
-def test_the_fast_recipe_composes_validates_and_switches_its_tricks_on():
-    cfg = compose(["experiment=fast"])
+def test_both_tricks_combine_with_bfloat16_and_xla_on_resnet9():
+    """What experiment=fast set (dropped once measured: experiment=airbench is the fast recipe) still validates."""
+    cfg = compose(["experiment=resnet9", "trainer.tta=true", "trainer.label_smoothing=0.2",
+                   "trainer.precision=mixed_bfloat16", "trainer.jit_compile=true"])
     validate(cfg)
-    assert cfg.model.name == "resnet9" and cfg.dataset.augment == "crop_flip"
     assert cfg.trainer.tta is True and cfg.trainer.label_smoothing == 0.2
-    assert cfg.trainer.precision == "mixed_bfloat16" and cfg.trainer.jit_compile is True
-    assert cfg.trainer.epochs < compose(["experiment=resnet9"]).trainer.epochs
-    off = compose(["experiment=fast", "trainer.tta=false", "trainer.label_smoothing=0"])
-    assert off.trainer.tta is False and off.trainer.label_smoothing == 0
 
 
 def test_defaults_leave_both_off():
