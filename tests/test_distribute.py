@@ -71,8 +71,8 @@ def test_evaluation_batches_are_equal_where_a_size_within_half_the_batch_size_di
 def test_under_jax_a_job_compiles_one_test_step_for_a_split_in_equal_batches(tmp_path):
     """600 test images (512 + 88 before): the per-epoch flip-TTA evaluation compiles one test step, the job one
     train step (512 training images, one batch) and no predict step (the confusion matrix comes from the last
-    evaluation). Counted from JAX's compile log (jax_log_compiles), so a change that compiles extra programs
-    for the same recipe shows here."""
+    evaluation). Counted from JAX's compile log (jax_log_compiles; Hydra logs it to stdout), so a change that
+    compiles extra programs for the same recipe shows here."""
     from conftest import run_cli
 
     pytest.importorskip("jax")
@@ -82,7 +82,7 @@ def test_under_jax_a_job_compiles_one_test_step_for_a_split_in_equal_batches(tmp
     out = run_cli(args, cwd=tmp_path, env={"KERAS_BACKEND": "jax", "JAX_LOG_COMPILES": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     compiled = [line.split("Finished XLA compilation of ")[1].split(" in ")[0]
-                for line in out.stderr.splitlines() if "Finished XLA compilation of " in line]
+                for line in (out.stdout + out.stderr).splitlines() if "Finished XLA compilation of " in line]
     steps = {name: compiled.count(name) for name in ("jit(train_step)", "jit(test_step)", "jit(predict_step)")}
     assert steps == {"jit(train_step)": 1, "jit(test_step)": 1, "jit(predict_step)": 0}, compiled
 
