@@ -78,7 +78,8 @@ def test_under_jax_a_job_compiles_one_test_step_for_a_split_in_equal_batches(tmp
     pytest.importorskip("jax")
     args = ["experiment=resnet9", "model.width=8", "dataset=synthetic", "dataset.train_size=512",
             "dataset.test_size=600", "trainer.epochs=2", "trainer.tta=true", "trainer.verbose=0",
-            "trainer.compile_cache=null", f"mlflow.tracking_uri={tracking_uri(tmp_path)}", f"hydra.run.dir={tmp_path}/run"]
+            "trainer.compile_cache=null", f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
+            f"hydra.run.dir={tmp_path}/run"]
     out = run_cli(args, cwd=tmp_path, env={"KERAS_BACKEND": "jax", "JAX_LOG_COMPILES": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     compiled = [line.split("Finished XLA compilation of ")[1].split(" in ")[0]
