@@ -125,7 +125,7 @@ def last_batch_fits(n: int, batch_size: int, replicas: int) -> bool:
 
 
 def inference_batch_size(n: int, batch_size: int, replicas: int) -> int:
-    """The batch size to evaluate or predict `n` samples with, at most `batch_size` where one exists:
+    """The batch size to evaluate or predict `n` samples with:
     - the largest size in (batch_size / 2, batch_size] that divides `n` into equal batches (and is a
       multiple of `replicas`), so every batch has one shape: XLA compiles a step per input shape, and a
       last batch of another size costs a second compiled test/predict step (10,000 test images in
