@@ -23,6 +23,17 @@ def numpy(x):
     return ops.convert_to_numpy(x)
 
 
+class FlipParities(keras.callbacks.Callback):
+    """The alternating flip's epoch parity as each epoch starts (after fit.py's callback set it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(int(numpy(self.model.get_layer("alternating_flip_translate").epoch_parity)))
+
+
 @pytest.fixture
 def images():
     # Correlated channels and neighbouring pixels, like photographs: far from white.
@@ -184,7 +195,9 @@ def test_a_tiny_airbench_run_learns_synthetic_data(fake_tracker):
 
     cfg = compose(TINY + ["trainer.epochs=4", "trainer.jit_compile=false"])
     validate(cfg)
-    metrics = train.run(cfg, fake_tracker)
+    parities = FlipParities()
+    metrics = train.run(cfg, fake_tracker, extra_callbacks=[parities])
+    assert parities.seen == [0, 1, 0, 1]  # airbench's alternating flip, driven by the epoch
     assert metrics["test_accuracy"] > 0.3  # 10 classes: chance is 0.1 (16 steps of a tiny network)
     lrs = [m["lr"] for _, m in fake_tracker.metrics if "lr" in m]
     assert lrs[0] != lrs[-1]  # the triangle schedule moved the rate
@@ -203,6 +216,8 @@ def test_an_interrupted_airbench_job_resumes_with_its_optimizer_state(fake_track
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, fake_tracker, checkpoint_dir=folder, extra_callbacks=[StopAfterFirstEpoch()])
     assert checkpoints.restore_point(folder) == 1
-    metrics = train.run(cfg, fake_tracker, checkpoint_dir=folder)
+    parities = FlipParities()
+    metrics = train.run(cfg, fake_tracker, checkpoint_dir=folder, extra_callbacks=[parities])
+    assert parities.seen == [1]  # epoch 2 flips each image the other way than epoch 1 did
     assert math.isfinite(metrics["test_accuracy"])
     assert [step for step, m in fake_tracker.metrics if "loss" in m] == [1, 2]

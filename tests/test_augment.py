@@ -149,3 +149,101 @@ def test_augmentation_trains_inside_a_compiled_step_and_is_off_at_evaluation(bat
     model.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(reloaded.predict(batch, verbose=0), first, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Alternating flip (airbench94): each image flipped by a fixed bit in epoch 0, then every other epoch
+
+def flip_states(feed, images, epochs, initial_epoch=0, preprocess="mean_std"):
+    """Train a tiny model with `alternating_flip` for `epochs`, one full batch per epoch, and return
+    (per epoch, per image: was it fed mirrored?, how many times the training step was traced).
+    feed="resident": the model takes indices into the images held in a variable (data/resident.py)."""
+    from cifar_exp.data import augment, resident
+
+    inputs = keras.Input(images.shape[1:], dtype="uint8")
+    plain = build_preprocessing(preprocess, images)(inputs)
+    flip = build_augmentation("alternating_flip", images.shape[1:])
+    recorder = FlipRecorder(len(images))
+    h = recorder([plain, flip(plain)])
+    classifier = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    model, x = classifier, images
+    if feed == "resident":
+        indices = keras.Input((), dtype="int32")
+        model = keras.Model(indices, classifier(resident._layers().ResidentImages(images)(indices)))
+        x = np.arange(len(images), dtype="int32")
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    states = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: states.append(keras.ops.convert_to_numpy(recorder.flipped).copy()))
+    model.fit(x, np.zeros(len(images)), batch_size=len(images), epochs=initial_epoch + epochs,
+              initial_epoch=initial_epoch, shuffle=False, verbose=0,
+              callbacks=augment.training_callbacks(classifier) + [record])
+    return np.array(states), recorder.traces
+
+
+@keras.saving.register_keras_serializable("test_augment")
+class FlipRecorder(keras.layers.Layer):
+    """Passes the augmented batch on; in training keeps, per image, whether it is the mirror of the
+    plain one, and counts its own traces (a Python side effect: once per compiled program)."""
+
+    def __init__(self, n, **kwargs):
+        super().__init__(**kwargs)
+        self.flipped = self.add_weight(shape=(n,), dtype="int32", initializer="zeros", trainable=False)
+        self.traces = 0
+
+    def call(self, inputs, training=None):
+        plain, augmented = inputs
+        if training:
+            self.traces += 1
+            mirrored = keras.ops.all(keras.ops.equal(augmented, keras.ops.flip(plain, axis=2)), axis=(1, 2, 3))
+            self.flipped.assign(keras.ops.cast(mirrored, "int32"))
+        return augmented
+
+
+@pytest.fixture(scope="module")
+def distinct():
+    # 32 distinct images, none its own mirror; pixel 0..255 as fed.
+    return np.random.default_rng(3).integers(0, 256, size=(32, 8, 8, 3), dtype=np.uint8)
+
+
+# Epoch 0's flips of `distinct`, as TensorFlow computed them when the bit was defined: the same on
+# every backend (CI runs this file under JAX too), since the bit compares uint8-exact pixels.
+FIRST_EPOCH_FLIPS = "10001010100111010111111111000100"
+
+
+def test_alternating_flip_alternates_every_image_every_epoch_in_one_compiled_step(distinct):
+    states, traces = flip_states("host", distinct, epochs=5)
+    assert 0.3 < states[0].mean() < 0.7  # about half the images flipped in the first epoch
+    for before, after in zip(states[:-1], states[1:]):
+        np.testing.assert_array_equal(after, 1 - before)  # each image flipped exactly every other epoch
+    assert "".join(map(str, states[0])) == FIRST_EPOCH_FLIPS
+    # The epoch parity is a variable read by the step, not a constant of it: 5 epochs, one trace.
+    assert traces == 1
+
+
+def test_alternating_flip_is_the_same_from_resident_images_after_any_preprocessing_and_on_resume(distinct):
+    host, _ = flip_states("host", distinct, epochs=4)
+    np.testing.assert_array_equal(flip_states("resident", distinct, epochs=4)[0], host)
+    # The bit depends on the image, not on its preprocessing (each is increasing within a channel).
+    for preprocess in ("scale", "per_image_standardization"):
+        np.testing.assert_array_equal(flip_states("host", distinct, epochs=1, preprocess=preprocess)[0], host[:1])
+    # A job resumed at epoch 3 flips as the uninterrupted one did in epoch 3: parity from the epoch.
+    np.testing.assert_array_equal(flip_states("host", distinct, epochs=1, initial_epoch=3)[0], host[3:])
+
+
+def test_alternating_flip_translate_is_a_translated_window_flipped_by_the_epoch(distinct):
+    from cifar_exp.data.augment import training_callbacks
+
+    layer = build_augmentation("alternating_flip_translate", (8, 8, 3))
+    inputs = keras.Input((8, 8, 3), dtype="uint8")
+    callback, = training_callbacks(keras.Model(inputs, layer(inputs)))
+    flips = []
+    for epoch in (0, 1):
+        callback.on_epoch_begin(epoch)
+        out = run(layer, distinct, True)
+        where = [next(w for w, crop in windows(image, 1) if np.array_equal(crop, result))
+                 for image, result in zip(distinct, out)]
+        flips.append(np.array([flipped for _, _, flipped in where]))
+        assert len({(dy, dx) for dy, dx, _ in where}) > 1  # random 1-pixel translations (8 px: pad 1)
+    np.testing.assert_array_equal(flips[1], ~flips[0])
+    np.testing.assert_array_equal(run(layer, distinct, False), distinct.astype(np.float32))

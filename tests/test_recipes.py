@@ -16,7 +16,7 @@ RECIPES = {
     "lenet": ("default", "adam", 0.001, "constant", 10, 32, "scale", "none"),
     "resnet9": ("torch_uniform", "nesterov", 0.4, "onecycle", 24, 512, "mean_std", "crop_flip"),
     # airbench94's (rate per 1,024 examples); the same as experiment=airbench
-    "airbench": ("default", "airbench", 11.5, "triangle", 10, 1024, "mean_std", "flip_translate"),
+    "airbench": ("default", "airbench", 11.5, "triangle", 10, 1024, "mean_std", "alternating_flip_translate"),
 }
 
 

@@ -11,7 +11,8 @@ import functools
 import numpy as np
 
 PREPROCESSING = ("scale", "per_image_standardization", "mean_std")
-AUGMENTATIONS = ("none", "flip", "crop_flip", "crop_flip_cutout", "flip_translate")
+AUGMENTATIONS = ("none", "flip", "crop_flip", "crop_flip_cutout", "flip_translate", "alternating_flip",
+                 "alternating_flip_translate")
 # trainer.tta: false | true (= flip) | flip | flip_translate
 TTA_LEVELS = (False, True, "flip", "flip_translate")
 
@@ -21,6 +22,8 @@ CROP_PAD_PER_SIDE = 1 / 8
 CUTOUT_PER_SIDE = 1 / 4
 # airbench's translation: reflect-pad 2 then crop 32 (a shift of up to 2 pixels each way).
 TRANSLATE_PER_SIDE = 1 / 16
+# Alternating flip's per-image bit: the parity of this many pixel comparisons (see Augment._image_bits).
+IMAGE_BIT_COMPARISONS = 16
 
 
 def build_preprocessing(name: str, x_train: np.ndarray):
@@ -40,19 +43,36 @@ def build_preprocessing(name: str, x_train: np.ndarray):
 
 
 def build_augmentation(name: str, image_shape):
-    """A training-only random layer for the named recipe, or None for `none`."""
+    """A training-only random layer for the named recipe, or None for `none`.
+
+    `alternating_*` flip as airbench94: each image in the first epoch by a fixed per-image bit
+    (about half of them), then exactly when it was not flipped the epoch before; the layer's
+    epoch parity is set by `training_callbacks`, which `model.fit` must be given.
+    """
     if name == "none":
         return None
     if name not in AUGMENTATIONS:
         raise ValueError(f"dataset.augment={name!r}: expected one of {', '.join(AUGMENTATIONS)}")
     side = min(image_shape[:2])
-    if name == "flip_translate":  # airbench94's flip and 2-pixel translation (random flip, not alternating)
-        return _layers().Augment(pad=max(1, round(side * TRANSLATE_PER_SIDE)), flip=True, name=name)
+    flip = "alternating" if name.startswith("alternating_") else True
+    if name == "alternating_flip":
+        return _layers().Augment(flip=flip, name=name)
+    if name.endswith("flip_translate"):  # airbench94's flip and 2-pixel translation
+        return _layers().Augment(pad=max(1, round(side * TRANSLATE_PER_SIDE)), flip=flip, name=name)
     crop = "crop" in name
     return _layers().Augment(
         pad=max(1, round(side * CROP_PAD_PER_SIDE)) if crop else 0,
         cutout=max(1, round(side * CUTOUT_PER_SIDE)) if "cutout" in name else 0,
         flip=True, name=name)
+
+
+def training_callbacks(classifier) -> list:
+    """The callback that sets each alternating-flip layer of `classifier` (its top-level layers) to
+    the parity of the epoch about to start; none when it has no such layer. A resumed job gets its
+    parity from the epoch number, as an uninterrupted one."""
+    layers = [layer for layer in classifier.layers
+              if isinstance(layer, _layers().Augment) and layer.flip == "alternating"]
+    return [_layers().AlternatingFlipEpoch(layers)] if layers else []
 
 
 def with_flip_tta(core):
@@ -114,26 +134,64 @@ def _layers():
     @register
     class Augment(keras.layers.Layer):
         """Random crop of a reflect-padded image, horizontal flip, and cutout, per image on the
-        accelerator; the identity (after a cast to float) outside training."""
+        accelerator; the identity (after a cast to float) outside training.
+
+        `flip`: False, True (random, per image and step) or "alternating" (airbench94's: image i is
+        flipped in epoch e when bit(i) != e mod 2, with `epoch_parity` = e mod 2 a non-trainable
+        int32 variable set before each epoch by AlternatingFlipEpoch; a variable, not a Python
+        constant, so every epoch runs the same compiled step).
+        """
 
         def __init__(self, pad=0, flip=True, cutout=0, seed=None, **kwargs):
             kwargs.setdefault("dtype", "float32")
             super().__init__(**kwargs)
             self.pad, self.flip, self.cutout, self.seed = pad, flip, cutout, seed
             self.generator = keras.random.SeedGenerator(seed)
+            if flip == "alternating":
+                self.epoch_parity = self.add_weight(shape=(), dtype="int32", initializer="zeros",
+                                                    trainable=False, name="epoch_parity")
 
         def call(self, x, training=None):
             x = ops.cast(x, self.compute_dtype)
             if not training:
                 return x
+            if self.flip == "alternating":  # the bit of the image as fed, before crop or flip
+                flipped = ops.not_equal(self._image_bits(x), self.epoch_parity)
             if self.pad:
                 x = self._crop(x)
-            if self.flip:
+            if self.flip == "alternating":
+                x = ops.where(ops.reshape(flipped, (-1, 1, 1, 1)), ops.flip(x, axis=2), x)
+            elif self.flip:
                 coin = keras.random.uniform((ops.shape(x)[0], 1, 1, 1), seed=self.generator) < 0.5
                 x = ops.where(coin, ops.flip(x, axis=2), x)
             if self.cutout:
                 x = self._cutout(x)
             return x
+
+        def _image_bits(self, x):
+            """A fixed pseudo-random bit per image, (batch,) int32 in {0, 1}: the parity of how many
+            of IMAGE_BIT_COMPARISONS fixed pixel pairs (same channel, positions drawn once from a
+            fixed seed) have the first pixel brighter than the second.
+
+            Why from the content: with host data the step sees images, not dataset indices, and a
+            bit from the pixels is the same for an image whichever feed (host or resident) or
+            batch it comes in, so both feeds train alike. Why comparisons, not a hash of values:
+            the layer sees preprocessed floats, and every preprocessing (scale, mean_std,
+            per-image standardisation) is increasing within a channel, so the order of two pixels,
+            and the bit, is that of the uint8 pixels, on any backend, with no rounding to disagree
+            on. The parity of 16 comparisons is near 1/2 even where single ones are biased (ties
+            count as not brighter; a flat image gets 0, deterministically).
+            """
+            h, w, c = x.shape[1:]
+            rng = np.random.default_rng(20240405)  # fixed: an image's bit must not change between jobs
+            n = IMAGE_BIT_COMPARISONS
+            first = rng.choice(h * w, n, replace=False)
+            second = (first + rng.integers(1, h * w, n)) % (h * w)  # never the same pixel
+            channel = rng.integers(0, c, n)
+            flat = ops.reshape(x, (-1, h * w * c))
+            brighter = ops.take(flat, (first * c + channel).astype("int32"), axis=1) > ops.take(
+                flat, (second * c + channel).astype("int32"), axis=1)
+            return ops.mod(ops.sum(ops.cast(brighter, "int32"), axis=1), 2)
 
         def _crop(self, x):
             # Gather each image's window from the padded batch flattened to rows of pixels: one
@@ -167,6 +225,17 @@ def _layers():
         def get_config(self):
             return {**super().get_config(), "pad": self.pad, "flip": self.flip, "cutout": self.cutout,
                     "seed": self.seed}
+
+    class AlternatingFlipEpoch(keras.callbacks.Callback):
+        """Sets alternating-flip layers' `epoch_parity` to epoch mod 2 before each epoch."""
+
+        def __init__(self, layers):
+            super().__init__()
+            self.layers = layers
+
+        def on_epoch_begin(self, epoch, logs=None):
+            for layer in self.layers:
+                layer.epoch_parity.assign(epoch % 2)
 
     @register
     class FlipTTA(keras.layers.Wrapper):
@@ -221,5 +290,5 @@ def _layers():
 
     ns = Namespace()
     ns.PerImageStandardization, ns.Augment, ns.FlipTTA = PerImageStandardization, Augment, FlipTTA
-    ns.FlipTranslateTTA = FlipTranslateTTA
+    ns.FlipTranslateTTA, ns.AlternatingFlipEpoch = FlipTranslateTTA, AlternatingFlipEpoch
     return ns

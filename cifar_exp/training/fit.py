@@ -273,6 +273,7 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         from cifar_exp.models.airbench import training_callbacks
 
         callbacks += training_callbacks(cfg.model, classifier)
+    callbacks += augment.training_callbacks(classifier)  # alternating flip's epoch parity
     callbacks += extra_callbacks
     # First, so an epoch's line is out before a later callback stops the job in it.
     callbacks.insert(0, console.progress_callback(epochs, data.eval_split, on_cpu=not has_accelerator(),
