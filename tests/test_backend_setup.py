@@ -114,22 +114,29 @@ def test_a_job_sets_the_environment_before_the_backend_is_imported(tmp_path):
 
 
 @pytest.mark.slow
-def test_under_jax_jobs_differing_in_lr_and_epochs_reuse_the_compiled_steps(tmp_path):
+@pytest.mark.parametrize("recipe", [
+    # airbench: AirbenchSGD's own variables (peak rate, decay, total steps).
+    ["experiment=airbench", "model.widths=[8,16,16]"],
+    # The default recipe (ResNet-9, Nesterov, one-cycle): the schedule's numbers (OptimizerVariables).
+    ["model.width=8"],
+], ids=["airbench", "resnet9"])
+def test_under_jax_jobs_differing_in_lr_and_epochs_reuse_the_compiled_steps(tmp_path, recipe):
     """Two processes, the second with another optimizer.lr and trainer.epochs: the second writes no new
     entry to the persistent cache (its train, test and predict steps are the first's programs)."""
     from conftest import run_cli
 
     pytest.importorskip("jax")
     cache = tmp_path / "cc"
-    common = ["experiment=airbench", "dataset=synthetic", "dataset.train_size=256", "dataset.test_size=64",
-              "model.widths=[8,16,16]", "trainer.batch_size=64", "trainer.verbose=0",
+    common = [*recipe, "dataset=synthetic", "dataset.train_size=256", "dataset.test_size=64",
+              "trainer.batch_size=64", "trainer.verbose=0", "trainer.checkpoint=false",
               f"trainer.compile_cache={cache}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"]
     # Every program is cached, however fast it compiled, and however small.
     env = {"KERAS_BACKEND": "jax", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
     entries = []
-    for i, overrides in enumerate((["optimizer.lr=11.5", "trainer.epochs=2"],
-                                   ["optimizer.lr=5.0", "trainer.epochs=3"])):
+    lrs = ("11.5", "5.0") if "experiment=airbench" in recipe else ("0.4", "0.1")
+    for i, overrides in enumerate(([f"optimizer.lr={lrs[0]}", "trainer.epochs=2"],
+                                   [f"optimizer.lr={lrs[1]}", "trainer.epochs=3"])):
         out = run_cli([*common, *overrides, f"hydra.run.dir={tmp_path}/run{i}"], cwd=tmp_path, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         entries.append({p.name for p in (cache / "jax").iterdir() if not p.name.startswith(".")})

@@ -41,7 +41,7 @@ def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
     from cifar_exp.tracking import saved
     from cifar_exp.training.losses import build_loss
     from cifar_exp.training.metrics import ConfusionAccuracy
-    from cifar_exp.training.optim import SCHEDULES, build_lr_schedule
+    from cifar_exp.training.optim import SCHEDULES, build_lr_schedule, build_optimizer
 
     registry = saved.register_all()
     x = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype="uint8")
@@ -61,7 +61,9 @@ def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
         schedule_cfg = OmegaConf.load(CONF / "lr_schedule" / f"{name}.yaml")
         schedule = build_lr_schedule(schedule_cfg, 0.1, steps_per_epoch=1, epochs=2)
         model = classifier()
-        model.compile(optimizer=keras.optimizers.SGD(schedule), loss=build_loss(0.1 * (i % 2)),
+        # build_optimizer: the schedule's numbers become optimizer variables (OptimizerVariables).
+        optimizer = build_optimizer(OmegaConf.load(CONF / "optimizer" / "sgd.yaml"), schedule)
+        model.compile(optimizer=optimizer, loss=build_loss(0.1 * (i % 2)),
                       metrics=[ConfusionAccuracy(4),
                                keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="cross_entropy")])
         model.fit(x, y, epochs=1, batch_size=4, verbose=0)
