@@ -16,7 +16,8 @@ from cifar_exp.training import backend_setup
 from cifar_exp.validate import validate
 
 ENV_KEYS = ("JAX_COMPILATION_CACHE_DIR", "TF_XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
-            "XLA_PYTHON_CLIENT_MEM_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH", "XDG_CACHE_HOME")
+            "XLA_PYTHON_CLIENT_MEM_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH", "XDG_CACHE_HOME",
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
 
 
 @pytest.fixture
@@ -40,8 +41,24 @@ def test_jax_cache_and_growth_under_the_joblib_launcher(clean_env, tmp_path):
     trainer = compose([f"trainer.compile_cache={tmp_path}/cc"]).trainer
     applied = backend_setup.configure(trainer, shared_gpu=True)
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == f"{tmp_path}/cc/jax"
+    # Every program cached: a job's many sub-second compiles add up to seconds per job.
+    assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert applied["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    # ...unless the user set a threshold in the environment.
+    clean_env.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+    backend_setup.configure(trainer, shared_gpu=True)
+    assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "2"
+
+
+def test_a_cache_folder_in_the_environment_wins_over_auto(clean_env, tmp_path):
+    clean_env.setenv("KERAS_BACKEND", "jax")
+    clean_env.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    backend_setup.configure(compose(["trainer.compile_cache=auto"]).trainer)
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")
+    assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    backend_setup.configure(compose([f"trainer.compile_cache={tmp_path}/cc"]).trainer)  # explicit: the key wins
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == f"{tmp_path}/cc/jax"
 
 
 def test_alone_a_job_keeps_the_backends_preallocation_and_a_fraction_sets_it(clean_env, tmp_path):
@@ -130,9 +147,8 @@ def test_under_jax_jobs_differing_in_lr_and_epochs_reuse_the_compiled_steps(tmp_
     common = [*recipe, "dataset=synthetic", "dataset.train_size=256", "dataset.test_size=64",
               "trainer.batch_size=64", "trainer.verbose=0", "trainer.checkpoint=false",
               f"trainer.compile_cache={cache}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"]
-    # Every program is cached, however fast it compiled, and however small.
-    env = {"KERAS_BACKEND": "jax", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+    # The defaults: trainer.compile_cache caches every program, however fast it compiled.
+    env = {"KERAS_BACKEND": "jax"}
     entries = []
     lrs = ("11.5", "5.0") if "experiment=airbench" in recipe else ("0.4", "0.1")
     for i, overrides in enumerate(([f"optimizer.lr={lrs[0]}", "trainer.epochs=2"],
