@@ -137,9 +137,10 @@ def test_a_job_sets_the_environment_before_the_backend_is_imported(tmp_path):
     # The default recipe (ResNet-9, Nesterov, one-cycle): the schedule's numbers (OptimizerVariables).
     ["model.width=8"],
 ], ids=["airbench", "resnet9"])
-def test_under_jax_jobs_differing_in_lr_and_epochs_reuse_the_compiled_steps(tmp_path, recipe):
-    """Two processes, the second with another optimizer.lr and trainer.epochs: the second writes no new
-    entry to the persistent cache (its train, test and predict steps are the first's programs)."""
+def test_under_jax_jobs_differing_in_swept_numbers_reuse_the_compiled_steps(tmp_path, recipe):
+    """Two processes, the second with another optimizer.lr, trainer.epochs, label smoothing and L2
+    factor: the second writes no new entry to the persistent cache (its train, test and predict
+    steps are the first's programs)."""
     from conftest import run_cli
 
     pytest.importorskip("jax")
@@ -150,9 +151,11 @@ def test_under_jax_jobs_differing_in_lr_and_epochs_reuse_the_compiled_steps(tmp_
     # The defaults: trainer.compile_cache caches every program, however fast it compiled.
     env = {"KERAS_BACKEND": "jax"}
     entries = []
-    lrs = ("11.5", "5.0") if "experiment=airbench" in recipe else ("0.4", "0.1")
-    for i, overrides in enumerate(([f"optimizer.lr={lrs[0]}", "trainer.epochs=2"],
-                                   [f"optimizer.lr={lrs[1]}", "trainer.epochs=3"])):
+    if "experiment=airbench" in recipe:  # from its 0.2 smoothing; its decay is the optimizer's
+        second = ["optimizer.lr=5.0", "trainer.label_smoothing=0.1"]
+    else:  # from no smoothing and the recipe's 2.5e-4 L2
+        second = ["optimizer.lr=0.1", "trainer.label_smoothing=0.1", "model.kernel_l2=1e-4", "model.bias_l2=1e-5"]
+    for i, overrides in enumerate((["trainer.epochs=2"], ["trainer.epochs=3", *second])):
         out = run_cli([*common, *overrides, f"hydra.run.dir={tmp_path}/run{i}"], cwd=tmp_path, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         entries.append({p.name for p in (cache / "jax").iterdir() if not p.name.startswith(".")})
