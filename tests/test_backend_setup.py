@@ -16,7 +16,8 @@ from cifar_exp.training import backend_setup
 from cifar_exp.validate import validate
 
 ENV_KEYS = ("JAX_COMPILATION_CACHE_DIR", "TF_XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
-            "XLA_PYTHON_CLIENT_MEM_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH", "XDG_CACHE_HOME")
+            "XLA_PYTHON_CLIENT_MEM_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH", "XDG_CACHE_HOME",
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
 
 
 @pytest.fixture
@@ -40,8 +41,24 @@ def test_jax_cache_and_growth_under_the_joblib_launcher(clean_env, tmp_path):
     trainer = compose([f"trainer.compile_cache={tmp_path}/cc"]).trainer
     applied = backend_setup.configure(trainer, shared_gpu=True)
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == f"{tmp_path}/cc/jax"
+    # Every program cached: a job's many sub-second compiles add up to seconds per job.
+    assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert applied["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    # ...unless the user set a threshold in the environment.
+    clean_env.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+    backend_setup.configure(trainer, shared_gpu=True)
+    assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "2"
+
+
+def test_a_cache_folder_in_the_environment_wins_over_auto(clean_env, tmp_path):
+    clean_env.setenv("KERAS_BACKEND", "jax")
+    clean_env.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    backend_setup.configure(compose(["trainer.compile_cache=auto"]).trainer)
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")
+    assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    backend_setup.configure(compose([f"trainer.compile_cache={tmp_path}/cc"]).trainer)  # explicit: the key wins
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == f"{tmp_path}/cc/jax"
 
 
 def test_alone_a_job_keeps_the_backends_preallocation_and_a_fraction_sets_it(clean_env, tmp_path):
@@ -118,22 +135,31 @@ def test_a_job_sets_the_environment_before_the_backend_is_imported(tmp_path):
 
 
 @pytest.mark.slow
-def test_under_jax_jobs_differing_in_lr_and_epochs_reuse_the_compiled_steps(tmp_path):
-    """Two processes, the second with another optimizer.lr and trainer.epochs: the second writes no new
-    entry to the persistent cache (its train, test and predict steps are the first's programs)."""
+@pytest.mark.parametrize("recipe", [
+    # airbench: AirbenchSGD's own variables (peak rate, decay, total steps).
+    ["experiment=airbench", "model.widths=[8,16,16]"],
+    # The default recipe (ResNet-9, Nesterov, one-cycle): the schedule's numbers (OptimizerVariables).
+    ["model.width=8"],
+], ids=["airbench", "resnet9"])
+def test_under_jax_jobs_differing_in_swept_numbers_reuse_the_compiled_steps(tmp_path, recipe):
+    """Two processes, the second with another optimizer.lr, trainer.epochs, label smoothing and L2
+    factor: the second writes no new entry to the persistent cache (its train, test and predict
+    steps are the first's programs)."""
     from conftest import run_cli
 
     pytest.importorskip("jax")
     cache = tmp_path / "cc"
-    common = ["experiment=airbench", "dataset=synthetic", "dataset.train_size=256", "dataset.test_size=64",
-              "model.widths=[8,16,16]", "trainer.batch_size=64", "trainer.verbose=0",
+    common = [*recipe, "dataset=synthetic", "dataset.train_size=256", "dataset.test_size=64",
+              "trainer.batch_size=64", "trainer.verbose=0", "trainer.checkpoint=false",
               f"trainer.compile_cache={cache}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"]
-    # Every program is cached, however fast it compiled, and however small.
-    env = {"KERAS_BACKEND": "jax", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+    # The defaults: trainer.compile_cache caches every program, however fast it compiled.
+    env = {"KERAS_BACKEND": "jax"}
     entries = []
-    for i, overrides in enumerate((["optimizer.lr=11.5", "trainer.epochs=2"],
-                                   ["optimizer.lr=5.0", "trainer.epochs=3"])):
+    if "experiment=airbench" in recipe:  # from its 0.2 smoothing; its decay is the optimizer's
+        second = ["optimizer.lr=5.0", "trainer.label_smoothing=0.1"]
+    else:  # from no smoothing and the recipe's 2.5e-4 L2
+        second = ["optimizer.lr=0.1", "trainer.label_smoothing=0.1", "model.kernel_l2=1e-4", "model.bias_l2=1e-5"]
+    for i, overrides in enumerate((["trainer.epochs=2"], ["trainer.epochs=3", *second])):
         out = run_cli([*common, *overrides, f"hydra.run.dir={tmp_path}/run{i}"], cwd=tmp_path, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         entries.append({p.name for p in (cache / "jax").iterdir() if not p.name.startswith(".")})

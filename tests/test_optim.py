@@ -78,3 +78,33 @@ def test_onecycle_shorter_than_four_epochs_still_warms_up():
     pinned = build("onecycle", 0.4, 1, "lr_schedule.peak_epoch=0")  # chosen: start at the peak
     assert lr_at(pinned, 1) == pytest.approx(0.4)
     assert lr_at(pinned, 1, 50) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("name", ["onecycle", "piecewise", "cosine", "exponential", "triangle"])
+def test_a_schedule_is_computed_from_optimizer_variables(name):
+    """What differs between the jobs of a sweep over optimizer.lr and trainer.epochs is held in
+    optimizer variables, inputs of the compiled step: one job's optimizer, given another job's
+    variable values, computes the other job's rates (so a sweep reuses one compiled program)."""
+    from cifar_exp.training.optim import build_optimizer
+
+    optimizer_cfg = compose(["optimizer=nesterov"]).optimizer
+    other_job = ["lr_schedule.warmup_epochs=2"] if name == "cosine" else []  # cosine: with a warm-up too
+    first = build_optimizer(optimizer_cfg, build(name, 0.4, 10))
+    other = build_optimizer(optimizer_cfg, build(name, 0.05, 7, *other_job))
+    reference = build(name, 0.05, 7, *other_job)
+    numbers = [v for v in first.variables if v.name.startswith("lr_schedule_")]
+    assert numbers, [v.name for v in first.variables]
+    for mine, theirs in zip(numbers, [v for v in other.variables if v.name.startswith("lr_schedule_")]):
+        mine.assign(theirs)
+    for step in (0, 37, 150, 420, 699, 700, 800):
+        first.iterations.assign(step)
+        assert float(first.learning_rate) == pytest.approx(float(reference(step)), rel=1e-5, abs=1e-9), step
+
+
+def test_cosine_without_warmup_is_keras_cosine_decay():
+    import keras
+
+    cosine = build("cosine", 0.1, 10, "lr_schedule.warmup_epochs=0", "lr_schedule.alpha=0.1")
+    keras_cosine = keras.optimizers.schedules.CosineDecay(0.1, 10 * STEPS_PER_EPOCH, alpha=0.1)
+    for step in (0, 1, 500, 999, 1000, 1200):
+        assert float(cosine(step)) == pytest.approx(float(keras_cosine(step)), rel=1e-6, abs=1e-9)

@@ -39,9 +39,9 @@ def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
     from cifar_exp.spl import callback as spl
     from cifar_exp.tasks import transfer
     from cifar_exp.tracking import saved
-    from cifar_exp.training.losses import build_loss
+    from cifar_exp.training.losses import LossSettings, VariableL2, build_loss
     from cifar_exp.training.metrics import ConfusionAccuracy
-    from cifar_exp.training.optim import SCHEDULES, build_lr_schedule
+    from cifar_exp.training.optim import SCHEDULES, build_lr_schedule, build_optimizer
 
     registry = saved.register_all()
     x = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype="uint8")
@@ -52,8 +52,11 @@ def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
         h = augment._layers().PerImageStandardization(dtype="float32")(inputs)
         h = augment._layers().Augment(pad=1, cutout=2, seed=0)(h)
         h = transfer._layers()(6, 6, 3)(h)
-        core = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Flatten(), keras.layers.Dense(4)])
-        return keras.Model(inputs, augment.with_flip_tta(core)(h))
+        # As build_classifier: the loss's numbers in a LossSettings layer, the L2 factor read from it.
+        settings = LossSettings(0.1, 1e-4, 0.0, name="loss_settings")
+        dense = keras.layers.Dense(4, kernel_regularizer=VariableL2(1e-4, settings.kernel_l2))
+        core = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Flatten(), dense])
+        return keras.Model(inputs, settings(augment.with_flip_tta(core)(h)))
 
     files, seen = [], set()
     # Each schedule, alternately with and without label smoothing (the two loss classes).
@@ -61,7 +64,10 @@ def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
         schedule_cfg = OmegaConf.load(CONF / "lr_schedule" / f"{name}.yaml")
         schedule = build_lr_schedule(schedule_cfg, 0.1, steps_per_epoch=1, epochs=2)
         model = classifier()
-        model.compile(optimizer=keras.optimizers.SGD(schedule), loss=build_loss(0.1 * (i % 2)),
+        # build_optimizer: the schedule's numbers become optimizer variables (OptimizerVariables).
+        optimizer = build_optimizer(OmegaConf.load(CONF / "optimizer" / "sgd.yaml"), schedule)
+        smoothing = model.get_layer("loss_settings").label_smoothing if i % 2 else None
+        model.compile(optimizer=optimizer, loss=build_loss(0.1 * (i % 2), smoothing),
                       metrics=[ConfusionAccuracy(4),
                                keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="cross_entropy")])
         model.fit(x, y, epochs=1, batch_size=4, verbose=0)

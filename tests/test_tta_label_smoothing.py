@@ -204,3 +204,28 @@ def test_a_tiny_job_trains_with_tta_and_label_smoothing(fake_tracker, extra):
         assert "spl_lambda" in epochs[-1] and 0 < epochs[-1]["spl_mean_v"] < 1
     else:
         assert final["test_accuracy"] > 0.2  # synthetic classes are learnable: chance is 0.1
+
+
+def test_smoothing_and_l2_read_from_loss_settings_variables():
+    """build_classifier's LossSettings holds ε and the L2 factors as variables (inputs of the compiled
+    steps, one program for a sweep over them): the loss and penalties follow the variables' values,
+    and the variables are not saved with the weights (their values are the layer's config)."""
+    from cifar_exp.training.losses import LossSettings, VariableL2
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(8, 10)).astype("float32")
+    labels = rng.integers(0, 10, size=8)
+    settings = LossSettings(0.0, 1e-3, 0.0)
+    loss = build_loss(0.0, settings.label_smoothing)
+    assert float(loss(labels, logits)) == pytest.approx(float(build_loss(0.0)(labels, logits)), rel=1e-5)
+    settings.label_smoothing.assign(0.2)
+    assert float(loss(labels, logits)) == pytest.approx(float(build_loss(0.2)(labels, logits)), rel=1e-5)
+    weights = keras.Variable(rng.normal(size=(3, 4)).astype("float32"))
+    penalty = VariableL2(1e-3, settings.kernel_l2)
+    assert float(penalty(weights)) == pytest.approx(1e-3 * float(np.sum(weights.numpy() ** 2)), rel=1e-5)
+    settings.kernel_l2.assign(0.0)
+    assert float(penalty(weights)) == 0.0
+    store = {}
+    settings.save_own_variables(store)
+    assert store == {}
+    assert LossSettings.from_config(settings.get_config()).get_config()["label_smoothing"] == 0.0

@@ -296,8 +296,10 @@ def build_airbench_optimizer(cfg, learning_rate, batch_size: int, total_steps: i
     wd·(B/1024)/(2 - m) per step at steady state, whatever the rate: `decay`.
     `learning_rate` is what `build_lr_schedule` made of `optimizer.lr` (a float or a schedule).
     """
-    from cifar_exp.training.schedules import Triangle
+    from cifar_exp.training.schedules import OptimizerVariables, Triangle
 
+    if isinstance(learning_rate, OptimizerVariables):
+        learning_rate = learning_rate.schedule  # the peak rate and step counts become AirbenchSGD's variables
     m = float(cfg.momentum)
     per_batch = batch_size / 1024
     scale = per_batch / (1 + 1 / (1 - m))

@@ -84,12 +84,24 @@ def apply_init(model, cfg) -> None:
             layer.bias.assign(make_initializer(bias_name, cfg)(layer.bias.shape, layer.bias.dtype))
 
 
-def apply_l2(model, kernel_l2: float, bias_l2: float) -> None:
-    """Attach L2 penalties (factor * sum(w^2)) to conv/dense kernels and biases."""
+def apply_l2(model, kernel_l2: float, bias_l2: float, settings=None) -> None:
+    """Attach L2 penalties (factor * sum(w^2)) to conv/dense kernels and biases.
+
+    With `settings` (a built `LossSettings`), every kernel and bias gets a penalty whose factor is
+    its variable, zero included, so a sweep over the factors compiles one train step.
+    """
     import keras
 
+    from cifar_exp.training.losses import VariableL2
+
     for layer in weight_layers(model):
+        has_bias = getattr(layer, "bias", None) is not None
+        if settings is not None:
+            layer.kernel.regularizer = VariableL2(kernel_l2, settings.kernel_l2)
+            if has_bias:
+                layer.bias.regularizer = VariableL2(bias_l2, settings.bias_l2)
+            continue
         if kernel_l2:
             layer.kernel.regularizer = keras.regularizers.L2(kernel_l2)
-        if bias_l2 and getattr(layer, "bias", None) is not None:
+        if bias_l2 and has_bias:
             layer.bias.regularizer = keras.regularizers.L2(bias_l2)

@@ -73,15 +73,20 @@ def _jax_cache(folder: Path, explicit: bool) -> dict[str, str]:
     # JAX writes an entry with a plain write_bytes (jax 0.10 lru_cache.py: not atomic), but parallel
     # jobs are still safe: a reader of a torn entry gets a decode error, which JAX turns into a
     # warning and a fresh compile (compiler._cache_read); entries are keyed by a hash of the program.
-    if not explicit and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return {}
+    if not explicit and os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the user's folder wins over auto
+        folder = Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
+    # Every program, not only those that compiled for over 1 s (JAX's default): a job's evaluation
+    # step and its eager ops (initializers, casts) each compile in well under a second, yet together
+    # they are seconds of every job's first epoch. An entry is a few kB to a few MB.
+    min_time = os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)  # read by jax's config when jax is imported
     if "jax" in sys.modules:  # already imported (tests, a second job in this process)
         import jax
 
         jax.config.update("jax_compilation_cache_dir", str(folder))
-    return {"JAX_COMPILATION_CACHE_DIR": str(folder)}
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_time))
+    return {"JAX_COMPILATION_CACHE_DIR": str(folder), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": min_time}
 
 
 def _tensorflow_cache(folder: Path) -> dict[str, str]:

@@ -28,7 +28,7 @@ from cifar_exp.spl.callback import build_spl_callback
 from cifar_exp.tracking import plots
 from cifar_exp.training import checkpoints, outcome
 from cifar_exp.training.distribute import build_strategy, inference_batch_size
-from cifar_exp.training.losses import build_loss
+from cifar_exp.training.losses import LossSettings, build_loss
 from cifar_exp.training.metrics import ConfusionAccuracy
 from cifar_exp.training.optim import build_lr_schedule, build_optimizer
 
@@ -158,12 +158,15 @@ def build_classifier(cfg, data: DataSplits, build_core=None):
 
     `build_core(cfg, data)`, when given, returns the initialised model instead (transfer.py's adapters).
     """
+    kernel_l2, bias_l2 = cfg.model.get("kernel_l2", 0.0), cfg.model.get("bias_l2", 0.0)
+    # The loss's numbers as variables (compiled once for a sweep over them); fit() finds it by name.
+    settings = LossSettings(cfg.trainer.label_smoothing, kernel_l2, bias_l2, name="loss_settings")
     if build_core is not None:
         core = build_core(cfg, data)
     else:
         core = build_model(cfg.model, data.image_shape, data.num_classes)
         apply_init(core, cfg.init)
-        apply_l2(core, cfg.model.get("kernel_l2", 0.0), cfg.model.get("bias_l2", 0.0))
+        apply_l2(core, kernel_l2, bias_l2, settings)
     inputs = keras.Input(data.image_shape, dtype="uint8", name="images")
     preprocessing = augment.build_preprocessing(cfg.dataset.preprocess, data.x_train)
     if build_core is None and cfg.model.name == "airbench":  # its first layer whitens the training images' patches
@@ -177,7 +180,7 @@ def build_classifier(cfg, data: DataSplits, build_core=None):
     network = augment.with_tta(core, cfg.trainer.tta)
     # Under mixed precision the logits, softmax and loss stay float32.
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(network(x))
-    return keras.Model(inputs, logits, name=f"{core.name}_classifier")
+    return keras.Model(inputs, settings(logits), name=f"{core.name}_classifier")
 
 
 def progress_verbosity(setting) -> int:
@@ -246,7 +249,7 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         # `loss` is what the optimizer minimises: smoothed (label smoothing), weighted (self-paced
         # learning: compiled `metrics` never see sample weights) and plus the L2 penalties;
         # `cross_entropy` is the plain one, comparable between runs and bounded by outcome.py.
-        loss = build_loss(cfg.trainer.label_smoothing)
+        loss = build_loss(cfg.trainer.label_smoothing, classifier.get_layer("loss_settings").label_smoothing)
         metrics = [accuracy, keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="cross_entropy")]
         if spl is not None:  # train_pass: targets carry sample indices so losses are recorded by index
             loss, metrics = spl.adapt_compile(loss, metrics)

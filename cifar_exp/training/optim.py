@@ -79,12 +79,20 @@ def default_peak_epoch(epochs: int) -> float:
 
 
 def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
-    """A float (constant) or a keras LearningRateSchedule indexed by optimizer step."""
+    """A float (constant: Keras keeps it in the optimizer's `learning_rate` variable) or a Keras
+    LearningRateSchedule indexed by optimizer step, wrapped in `OptimizerVariables`, whose numbers
+    `build_optimizer` turns into optimizer variables (one compiled step for a sweep over them)."""
+    from cifar_exp.training.schedules import OptimizerVariables
+
+    if cfg.name == "constant":
+        return float(lr)
+    return OptimizerVariables(_keras_schedule(cfg, lr, steps_per_epoch, epochs))
+
+
+def _keras_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
     import keras
 
     schedules = keras.optimizers.schedules
-    if cfg.name == "constant":
-        return float(lr)
     if cfg.name == "piecewise":
         # The optimizer's step counts finished updates, so 1-based epoch m begins at
         # step (m - 1) * steps_per_epoch; PiecewiseConstantDecay switches after a boundary.
@@ -99,9 +107,9 @@ def build_lr_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
     if cfg.name == "cosine":
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         total = epochs * steps_per_epoch
-        if warmup:
-            return schedules.CosineDecay(0.0, total - warmup, alpha=cfg.alpha, warmup_target=float(lr), warmup_steps=warmup)
-        return schedules.CosineDecay(float(lr), total, alpha=cfg.alpha)
+        # Always the warm-up form (0 steps of it: plain cosine decay from lr): CosineDecay picks its
+        # formula by `warmup_target is None`, a Python branch, so one form keeps one compiled step.
+        return schedules.CosineDecay(0.0, total - warmup, alpha=cfg.alpha, warmup_target=float(lr), warmup_steps=warmup)
     if cfg.name == "exponential":
         return schedules.ExponentialDecay(float(lr), cfg.decay_epochs * steps_per_epoch, cfg.decay_rate)
     if cfg.name == "triangle":
@@ -116,6 +124,8 @@ def build_optimizer(cfg, learning_rate, batch_size: int | None = None, total_ste
     `total_steps` are needed by optimizer=airbench only (its rates are per 1,024 examples)."""
     import keras
 
+    from cifar_exp.training.schedules import OptimizerVariables
+
     if cfg.name == "airbench":
         from cifar_exp.models.airbench import build_airbench_optimizer
 
@@ -126,7 +136,10 @@ def build_optimizer(cfg, learning_rate, batch_size: int | None = None, total_ste
     for key in ("weight_decay", "clipnorm"):
         if cfg.get(key) is not None:
             kwargs[key] = cfg[key]
-    return getattr(keras.optimizers, class_name)(**kwargs)
+    optimizer = getattr(keras.optimizers, class_name)(**kwargs)
+    if isinstance(learning_rate, OptimizerVariables):
+        learning_rate.track(optimizer)
+    return optimizer
 
 
 def _is_number(value) -> bool:

@@ -1,4 +1,8 @@
-"""Learning-rate schedules Keras does not ship (imported lazily: it imports Keras)."""
+"""Learning-rate schedules Keras does not ship, and `OptimizerVariables`, which makes any schedule's
+numbers inputs of the compiled train step (imported lazily: it imports Keras)."""
+import copy
+import numbers
+
 import keras
 from keras import ops
 
@@ -16,9 +20,11 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        up = step / self.peak_step if self.peak_step > 0 else 1.0  # peak 0: start at the peak
-        down = (self.total_steps - step) / (self.total_steps - self.peak_step)
-        return self.peak_lr * ops.clip(ops.minimum(up, down), 0.0, 1.0)
+        peak_step, total_steps = ops.cast(self.peak_step, "float32"), ops.cast(self.total_steps, "float32")
+        # peak 0: start at the peak. ops.where, not `if`: the fields may be variables (OptimizerVariables).
+        up = ops.where(peak_step > 0, step / ops.maximum(peak_step, 1.0), 1.0)
+        down = (total_steps - step) / (total_steps - peak_step)
+        return ops.cast(self.peak_lr, "float32") * ops.clip(ops.minimum(up, down), 0.0, 1.0)
 
     def get_config(self):
         return {"peak_lr": self.peak_lr, "peak_step": self.peak_step, "total_steps": self.total_steps}
@@ -38,11 +44,60 @@ class Triangle(keras.optimizers.schedules.LearningRateSchedule):
         self.start, self.peak_fraction, self.end = float(start), float(peak_fraction), float(end)
 
     def __call__(self, step):
-        t = ops.minimum(ops.cast(step, "float32") / self.total_steps, 1.0)
-        up = self.start + (1 - self.start) * t / self.peak_fraction
-        down = 1 + (self.end - 1) * (t - self.peak_fraction) / (1 - self.peak_fraction)
-        return self.peak_lr * ops.where(t < self.peak_fraction, up, down)
+        start, peak, end = (ops.cast(v, "float32") for v in (self.start, self.peak_fraction, self.end))
+        t = ops.minimum(ops.cast(step, "float32") / ops.cast(self.total_steps, "float32"), 1.0)
+        up = start + (1 - start) * t / peak
+        down = 1 + (end - 1) * (t - peak) / (1 - peak)
+        return ops.cast(self.peak_lr, "float32") * ops.where(t < peak, up, down)
 
     def get_config(self):
         return {"peak_lr": self.peak_lr, "total_steps": self.total_steps, "start": self.start,
                 "peak_fraction": self.peak_fraction, "end": self.end}
+
+
+@keras.saving.register_keras_serializable(package="cifar_exp")
+class OptimizerVariables(keras.optimizers.schedules.LearningRateSchedule):
+    """A Keras schedule whose numbers (rates, step counts, factors) are variables of its optimizer.
+
+    Why: a schedule's Python numbers are constants of the compiled train step, so the jobs of a
+    sweep over `optimizer.lr`, `trainer.epochs` or a schedule's settings would each compile their
+    own step (15 s of a 38 s ResNet-9 job on a GPU). As optimizer variables they are inputs of one
+    program, which XLA's persistent cache (`trainer.compile_cache`) serves to every later job.
+    Keras has no such option, hence this wrapper; the arithmetic stays the wrapped schedule's.
+
+    `track(optimizer)` adds one float32 scalar optimizer variable, named `lr_schedule_<field>`
+    (`_<i>` for list entries), per number in the schedule's `get_config()` (attribute names =
+    config keys, as in Keras' schedules and ours); booleans, strings and None stay Python values.
+    Untracked (e.g. reloaded from a saved model) it is the wrapped schedule. The step is the
+    optimizer's `iterations`; the returned rate is a float32 scalar.
+    """
+
+    def __init__(self, schedule):
+        if isinstance(schedule, dict):  # from get_config
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        self.schedule = schedule
+        self._tracked = None
+
+    def track(self, optimizer) -> None:
+        """Create the variables on `optimizer` (before it is built: they are checkpointed with it)."""
+        tracked = copy.copy(self.schedule)
+
+        def variable(name, value):
+            return optimizer.add_variable((), keras.initializers.Constant(float(value)), "float32", name=name)
+
+        for key, value in self.schedule.get_config().items():
+            if _is_number(value):
+                setattr(tracked, key, variable(f"lr_schedule_{key}", value))
+            elif isinstance(value, (list, tuple)) and value and all(_is_number(v) for v in value):
+                setattr(tracked, key, [variable(f"lr_schedule_{key}_{i}", v) for i, v in enumerate(value)])
+        self._tracked = tracked
+
+    def __call__(self, step):
+        return ops.cast((self._tracked or self.schedule)(step), "float32")
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
