@@ -225,6 +225,16 @@ def test_trials_left_running_by_a_dead_sweeper_are_failed_and_queued_again(tmp_p
     assert elsewhere_alive.number == 1
 
 
+@pytest.mark.parametrize("override", ["optuna_trial=1", "++optuna_trial={storage:a}"])
+def test_an_optuna_trial_not_shaped_as_the_sweeper_sets_it_is_refused_before_training(override):
+    """Found by test_fuzz_config: `optuna_trial=1` failed in the pruning callback with a traceback."""
+    from cifar_exp.validate import validate
+    from conftest import compose
+
+    with pytest.raises(ConfigError, match=r"optuna_trial=.*Allowed: null \(the Optuna sweeper sets it"):
+        validate(compose([*SMOKE, override]))
+
+
 def test_config_errors_come_before_any_trial():
     with pytest.raises(ConfigError, match="maximize or minimize"):
         _sweeper(direction="max")
