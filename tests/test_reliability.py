@@ -156,7 +156,7 @@ def test_an_unreadable_checkpoint_is_moved_aside_with_a_warning(tmp_path, caplog
 
 @pytest.mark.slow
 def test_four_parallel_jobs_share_one_new_sqlite_store_without_losses(tmp_path):
-    uri = tracking_uri(tmp_path)
+    uri = tracking_uri(tmp_path, new=True)  # the jobs race to create it
     # (not init=ones: LeNet's cross-entropy explodes with it, 4.9e5 nats at batch 2, and the job fails as diverged)
     result = run_cli([*SMOKE, "init=he_normal,zeros,lecun_normal,glorot_uniform", "hydra/launcher=joblib",
                       "hydra.launcher.n_jobs=4", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep",

@@ -459,7 +459,7 @@ def test_the_median_pruner_stops_a_trial_built_to_be_bad(tmp_path):
 
 @pytest.mark.slow
 def test_a_config_error_every_trial_shares_fails_once_before_any_trial(tmp_path):
-    uri = tracking_uri(tmp_path)
+    uri = tracking_uri(tmp_path, new=True)  # nothing may create it
     for overrides, message in [
         (["weighting=mixture", "trainer.epochs=1", "hydra.sweeper.n_trials=3"],
          "Error: Invalid config: weighting.warmup_epochs=1. Allowed: fewer than trainer.epochs=1."),
