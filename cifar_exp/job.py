@@ -53,12 +53,14 @@ def run_job(cfg, context: JobContext) -> float:
     try:
         validate(cfg)
         backend_env = configure_backend(cfg, context)  # before anything imports Keras (check_devices does)
-        check_devices(cfg)
         if cfg.task != "kfold_poly":  # kfold_poly generates its data
             find_data(cfg.dataset)
         if cfg.task == "transfer" and cfg.transfer.pretrained:
             find_data(cfg.transfer.pretrain.dataset)
+        # The store before the devices: a wrong tracking URI is then refused in a second or two,
+        # not after the Keras backend has loaded (TensorFlow's import: several seconds).
         client = tracking.connect(cfg.mlflow.tracking_uri)
+        check_devices(cfg)
         digest = config_hash(cfg)
         try:
             experiment_id = tracking.experiment_id(client, cfg.mlflow.experiment_name)

@@ -20,6 +20,7 @@ from cifar_exp.training.optim import check_optimizer, check_schedule
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+TRIAL_FIELDS = {"storage", "study_name", "number", "trial_id"}  # sweeper/_optuna.py trial_override
 
 
 def _positive_int(key: str, value) -> None:
@@ -58,6 +59,12 @@ def validate(cfg) -> None:
         raise ConfigError("trainer.label_smoothing", smoothing, "a number in [0, 1) (0: no smoothing)")
     if cfg.resume is not None and not (isinstance(cfg.resume, str) and cfg.resume):
         raise ConfigError("resume", cfg.resume, "null or an MLflow run id")
+    trial = cfg.get("optuna_trial")
+    if trial is not None and not (OmegaConf.is_dict(trial) and TRIAL_FIELDS <= set(trial)):
+        # Set by the Optuna sweeper for its jobs (++optuna_trial={...}); anything else would fail deep in
+        # the pruning callback with a traceback.
+        raise ConfigError("optuna_trial", trial, "null (the Optuna sweeper sets it for its jobs: a mapping of "
+                          + ", ".join(sorted(TRIAL_FIELDS)) + ")")
     if not (isinstance(cfg.mlflow.tracking_uri, str) and cfg.mlflow.tracking_uri):
         raise ConfigError("mlflow.tracking_uri", cfg.mlflow.tracking_uri, "a tracking URI such as sqlite:///mlflow.db")
     if not (isinstance(cfg.mlflow.experiment_name, str) and cfg.mlflow.experiment_name):

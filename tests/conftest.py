@@ -1,9 +1,12 @@
 """Shared helpers: compose configs without running Hydra, and run the CLI in a subprocess."""
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,8 +49,25 @@ def stop_after_epochs(epochs: int):
     return Stop()
 
 
-def tracking_uri(tmp_path) -> str:
-    return f"sqlite:///{tmp_path}/mlflow.db"
+def tracking_uri(tmp_path, new: bool = False) -> str:
+    """The sqlite URI of `tmp_path`/mlflow.db, a store that already holds MLflow's tables: a copy of
+    one empty store made once per session, since creating a store costs seconds of schema
+    migrations (3 s on the dev VM, benchmarks/README.md figure 1) in every test's first process.
+    `new=True`: no file, for the tests of what creates a store (or must not)."""
+    path = tmp_path / "mlflow.db"
+    if not new and not path.exists():
+        shutil.copyfile(_empty_store(), path)
+    return f"sqlite:///{path}"
+
+
+@functools.cache
+def _empty_store() -> Path:
+    # Made in a subprocess: the test process itself must not import MLflow (tests check what it imports).
+    path = Path(tempfile.mkdtemp(prefix="cifar_exp_empty_store_")) / "mlflow.db"
+    subprocess.run([sys.executable, "-c", "import sys; from mlflow.tracking import MlflowClient; "
+                    "MlflowClient(sys.argv[1]).search_experiments(max_results=1)", f"sqlite:///{path}"],
+                   check=True, capture_output=True, timeout=300)
+    return path
 
 
 def all_runs(uri: str):

@@ -75,8 +75,9 @@ def test_a_diverged_job_alone_exits_non_zero_with_one_error_line_and_no_tracebac
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-@pytest.mark.parametrize("data_on_device", [False, True], ids=["host_batches", "resident_images"])
-def test_mirrored_strategy_over_two_logical_cpus(tmp_path, data_on_device):
+def test_mirrored_strategy_over_two_logical_cpus_with_host_batches_and_resident_images(tmp_path):
+    """Both feeds (trainer.data_on_device) in one process: one start-up (TensorFlow, MLflow, a new
+    store) instead of two; TensorFlow's logical devices are set once per process anyway."""
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT / 'tests')!r})
@@ -85,20 +86,22 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path, data_on_device):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from conftest import SMOKE, compose
         from cifar_exp.job import JobContext, run_job
-        cfg = compose(SMOKE + ["trainer.strategy=mirrored", "trainer.data_on_device={str(data_on_device).lower()}",
-                               "mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
         import cifar_exp.training.distribute as d
         assert d.build_strategy("mirrored").num_replicas_in_sync == 2
-        print("ACC", run_job(cfg, JobContext()))
+        for on_device in ("false", "true"):
+            cfg = compose(SMOKE + ["trainer.strategy=mirrored", f"trainer.data_on_device={{on_device}}",
+                                   "mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+            print("ACC", on_device, run_job(cfg, JobContext()))
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                             env={"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"},
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    accuracy = float(result.stdout.split("ACC")[-1])
-    assert accuracy > 0.2
+    accuracy = {line.split()[1]: float(line.split()[2]) for line in result.stdout.splitlines() if line.startswith("ACC ")}
+    assert set(accuracy) == {"false", "true"} and min(accuracy.values()) > 0.2, accuracy
     _, runs = all_runs(tracking_uri(tmp_path))
-    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert sorted(r.data.params["trainer.data_on_device"] for r in runs) == ["False", "True"]
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
 
 
 BAD_INPUTS = [
@@ -143,8 +146,8 @@ def test_unknown_option_lists_the_choices(tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax", reason="the JAX backend's distribution")
-@pytest.mark.parametrize("data_on_device", [False, True], ids=["host_batches", "resident_images"])
-def test_jax_data_parallel_over_two_host_devices(tmp_path, data_on_device):
+def test_jax_data_parallel_over_two_host_devices_with_host_batches_and_resident_images(tmp_path):
+    """Both feeds (trainer.data_on_device) in one process, as in the mirrored test: one start-up."""
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT / 'tests')!r})
@@ -152,11 +155,17 @@ def test_jax_data_parallel_over_two_host_devices(tmp_path, data_on_device):
         import cifar_exp.training.distribute as d
         from cifar_exp.job import JobContext, run_job
         assert d.build_strategy("auto").num_replicas_in_sync == 2
-        print("ACC", run_job(compose(SMOKE + ["trainer.data_on_device={str(data_on_device).lower()}",
-                                              "mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]), JobContext()))
+        for on_device in ("false", "true"):
+            cfg = compose(SMOKE + [f"trainer.data_on_device={{on_device}}",
+                                   "mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+            print("ACC", on_device, run_job(cfg, JobContext()))
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert float(result.stdout.split("ACC")[-1]) > 0.2
+    accuracy = {line.split()[1]: float(line.split()[2]) for line in result.stdout.splitlines() if line.startswith("ACC ")}
+    assert set(accuracy) == {"false", "true"} and min(accuracy.values()) > 0.2, accuracy
+    _, runs = all_runs(tracking_uri(tmp_path))
+    assert sorted(r.data.params["trainer.data_on_device"] for r in runs) == ["False", "True"]
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]

@@ -163,8 +163,9 @@ def test_a_wheel_installed_in_a_fresh_environment_runs_from_any_directory(tmp_pa
     # One Optuna trial of a one-epoch synthetic job: Hydra's plugin scan found the sweeper in the
     # installed hydra_plugins, instantiated it, and it ran and told the job's result.
     sweep = tmp_path / "sweep"
+    uri = tracking_uri(tmp_path, new=True)  # the installed MLflow makes the store
     swept = run(venv / "bin" / "python", "-m", "cifar_exp", "hparams_search=lr_optuna", "hydra.sweeper.n_trials=1",
-                "hydra.sweeper.seed=0", *SMOKE, "trainer.epochs=1", f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
+                "hydra.sweeper.seed=0", *SMOKE, "trainer.epochs=1", f"mlflow.tracking_uri={uri}",
                 f"hydra.sweep.dir={sweep}")
     assert swept.returncode == 0, swept.stderr[-3000:]
     results = OmegaConf.load(sweep / "optimization_results.yaml")

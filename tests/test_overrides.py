@@ -73,7 +73,7 @@ def test_the_multirun_flag_goes_first():
 @pytest.mark.slow
 @pytest.mark.parametrize("override", ["trainer.epoch=3", "+trainer.epoch=3"])
 def test_the_typo_exits_in_one_line_and_records_nothing(tmp_path, override):
-    result = run_cli(["dataset=synthetic", f"mlflow.tracking_uri={tracking_uri(tmp_path)}", override],
+    result = run_cli(["dataset=synthetic", f"mlflow.tracking_uri={tracking_uri(tmp_path, new=True)}", override],
                      cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

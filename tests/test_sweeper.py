@@ -225,6 +225,16 @@ def test_trials_left_running_by_a_dead_sweeper_are_failed_and_queued_again(tmp_p
     assert elsewhere_alive.number == 1
 
 
+@pytest.mark.parametrize("override", ["optuna_trial=1", "++optuna_trial={storage:a}"])
+def test_an_optuna_trial_not_shaped_as_the_sweeper_sets_it_is_refused_before_training(override):
+    """Found by test_fuzz_config: `optuna_trial=1` failed in the pruning callback with a traceback."""
+    from cifar_exp.validate import validate
+    from conftest import compose
+
+    with pytest.raises(ConfigError, match=r"optuna_trial=.*Allowed: null \(the Optuna sweeper sets it"):
+        validate(compose([*SMOKE, override]))
+
+
 def test_config_errors_come_before_any_trial():
     with pytest.raises(ConfigError, match="maximize or minimize"):
         _sweeper(direction="max")
@@ -449,7 +459,7 @@ def test_the_median_pruner_stops_a_trial_built_to_be_bad(tmp_path):
 
 @pytest.mark.slow
 def test_a_config_error_every_trial_shares_fails_once_before_any_trial(tmp_path):
-    uri = tracking_uri(tmp_path)
+    uri = tracking_uri(tmp_path, new=True)  # nothing may create it
     for overrides, message in [
         (["weighting=mixture", "trainer.epochs=1", "hydra.sweeper.n_trials=3"],
          "Error: Invalid config: weighting.warmup_epochs=1. Allowed: fewer than trainer.epochs=1."),
