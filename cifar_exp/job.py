@@ -245,7 +245,7 @@ CONFIG_HASH_IGNORES = ("resume", "sweep", "mlflow", "tags", "trainer.verbose", "
                        "trainer.data_on_device", "trainer.compile_cache", "trainer.gpu_memory")
 # Keys added after runs were already recorded, with the value that means "as before": they
 # count only when set otherwise, so earlier runs keep their hash (and are skipped or resumed).
-CONFIG_HASH_SINCE = {"trainer.tta": False, "trainer.label_smoothing": 0.0}
+CONFIG_HASH_SINCE = {"trainer.tta": False, "trainer.label_smoothing": 0.0, "trainer.drop_remainder": False}
 
 
 def config_hash(cfg) -> str:

@@ -47,6 +47,7 @@ def validate(cfg) -> None:
     if trainer.data_on_device not in ("auto", True, False):
         raise ConfigError("trainer.data_on_device", trainer.data_on_device, "auto, true or false")
     for key, value in (("trainer.deterministic", trainer.deterministic), ("trainer.checkpoint", trainer.checkpoint),
+                       ("trainer.drop_remainder", trainer.drop_remainder),
                        ("sweep.rerun", cfg.sweep.rerun), ("mlflow.log_model", cfg.mlflow.log_model)):
         if not isinstance(value, bool):
             raise ConfigError(key, value, "true or false")

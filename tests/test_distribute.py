@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from cifar_exp import validate
@@ -39,6 +40,23 @@ def test_a_last_training_batch_smaller_than_the_replicas_is_dropped(n, batch_siz
     from cifar_exp.training.fit import TrainBatches
 
     assert TrainBatches.count(n, batch_size, replicas) == batches
+
+
+def test_drop_remainder_trains_full_batches_skipping_other_samples_each_epoch():
+    """trainer.drop_remainder: one batch shape (one compiled train step); the skipped samples are the
+    end of each epoch's shuffled order, so no sample is left out of every epoch."""
+    from cifar_exp.training.fit import TrainBatches
+
+    assert TrainBatches.count(50_000, 1024, 1, drop_remainder=True) == 48  # airbench's steps per epoch
+    assert TrainBatches.count(50_000, 1024, 1) == 49
+    x = np.arange(10, dtype="uint8")[:, None]
+    batches = TrainBatches(x, np.arange(10), np.ones(10, "float32"), 4, seed=0, drop_remainder=True)
+    seen = []
+    for _ in range(3):
+        assert len(batches) == 2 and all(len(batches[i][0]) == 4 for i in range(2))
+        seen.append({int(v) for i in range(2) for v in batches[i][1]})
+        batches.on_epoch_end()
+    assert set(range(10)) - set.intersection(*seen) and set.union(*seen) == set(range(10))
 
 
 @pytest.mark.parametrize("n, batch_size, replicas, expected", [

@@ -19,6 +19,7 @@ from keras import ops
 from omegaconf import OmegaConf
 
 from cifar_exp import console
+from cifar_exp.errors import ConfigError
 from cifar_exp.data import augment
 from cifar_exp.data.dataset import DataSplits, load_dataset
 from cifar_exp.data.resident import build_feed, has_accelerator
@@ -42,10 +43,11 @@ class TrainBatches(keras.utils.PyDataset):
     learning can change them in place between epochs without rebuilding the pipeline.
     """
 
-    def __init__(self, x, y, sample_weights, batch_size: int, seed: int, first_epoch: int = 0, replicas: int = 1):
+    def __init__(self, x, y, sample_weights, batch_size: int, seed: int, first_epoch: int = 0, replicas: int = 1,
+                 drop_remainder: bool = False):
         super().__init__()
         self.x, self.y, self.sample_weights, self.batch_size = x, y, sample_weights, batch_size
-        self.replicas = replicas
+        self.replicas, self.drop_remainder = replicas, drop_remainder
         self.seed, self.epoch = seed, first_epoch
         self.order = self._permutation()
 
@@ -54,14 +56,16 @@ class TrainBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.y))
 
     def __len__(self):
-        return self.count(len(self.y), self.batch_size, self.replicas)
+        return self.count(len(self.y), self.batch_size, self.replicas, self.drop_remainder)
 
     @staticmethod
-    def count(n: int, batch_size: int, replicas: int = 1) -> int:
-        """Batches per epoch. A last batch smaller than the replica count would leave a replica empty
-        (TensorFlow rejects that), so it is dropped: < `replicas` samples, different ones each epoch."""
+    def count(n: int, batch_size: int, replicas: int = 1, drop_remainder: bool = False) -> int:
+        """Batches per epoch. With `drop_remainder` (trainer.drop_remainder) only full batches: the last
+        n mod batch_size samples of each epoch's order are skipped, different ones each epoch. Else a
+        last batch smaller than the replica count would leave a replica empty (TensorFlow rejects
+        that), so it is dropped: < `replicas` samples, different ones each epoch."""
         full, rest = divmod(n, batch_size)
-        return full + (rest >= replicas)
+        return full + (not drop_remainder and rest >= replicas)
 
     def __getitem__(self, index):
         idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
@@ -227,7 +231,11 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
     # First: a multi-worker strategy must configure TensorFlow before anything starts its runtime.
     strategy = build_strategy(cfg.trainer.strategy)
     replicas = strategy.num_replicas_in_sync
-    steps_per_epoch = TrainBatches.count(len(data.y_train), batch_size, replicas)
+    drop_remainder = cfg.trainer.drop_remainder
+    if drop_remainder and len(data.y_train) < batch_size:
+        raise ConfigError("trainer.drop_remainder", True, f"false, or a trainer.batch_size of at most "
+                          f"{len(data.y_train)} (the training samples; no full batch of {batch_size} to train on)")
+    steps_per_epoch = TrainBatches.count(len(data.y_train), batch_size, replicas, drop_remainder)
     # Images as arrays on the host, or as indices into a copy resident on the accelerator.
     feed = build_feed(cfg.trainer.data_on_device, data)
     # Self-paced learning rewrites these per-sample weights before each epoch (None: plain training).
@@ -259,7 +267,7 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
 
     targets = data.y_train if spl is None else spl.targets
     batches = TrainBatches(feed.train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch,
-                           replicas=replicas)
+                           replicas=replicas, drop_remainder=drop_remainder)
     eval_x, eval_y = (feed.val, data.y_val) if data.eval_split == "val" else (feed.test, data.y_test)
     logger = EpochLogger(tracker, data.eval_split, checkpoint_dir, first_epoch)
     callbacks = [] if spl is None else [spl]
