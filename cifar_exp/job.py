@@ -24,6 +24,7 @@ from cifar_exp.errors import ConfigError
 from cifar_exp.tracking import runs as tracking
 from cifar_exp.tracking.run_info import git_state
 from cifar_exp.training import checkpoints, outcome
+from cifar_exp.training.backend_setup import keras_backend
 from cifar_exp.training.distribute import is_chief
 from cifar_exp.validate import check_devices, validate
 
@@ -78,7 +79,7 @@ def run_job(cfg, context: JobContext) -> float:
         log.info("skipping: run %s already finished this config (sweep.rerun=true runs it again)",
                  finished[0].info.run_id)
         _write_status(context, "FINISHED", None, finished[0].info.run_id, value,
-                      outcome=finished[0].data.tags.get("outcome"))
+                      outcome=finished[0].data.tags.get("outcome"), skipped=True)
         return float(value)
 
     try:
@@ -249,8 +250,11 @@ CONFIG_HASH_SINCE = {"trainer.tta": False, "trainer.label_smoothing": 0.0, "trai
 
 
 def config_hash(cfg) -> str:
-    """Identifies a job by its resolved config, to skip or resume it in a later sweep."""
+    """Identifies a job by its resolved config and its Keras backend, to skip or resume it in a later
+    sweep (a JAX run is not the TensorFlow run of the same config: other kernels, other numbers)."""
     tree = OmegaConf.to_container(cfg, resolve=True)
+    if keras_backend() != "tensorflow":  # counted only when not the default: earlier runs keep their hash
+        tree["keras_backend"] = keras_backend()
     for dotted in (*CONFIG_HASH_IGNORES, *CONFIG_HASH_SINCE):
         *parents, leaf = dotted.split(".")
         node = tree
@@ -381,12 +385,13 @@ def _record_failed_start(cfg, context: JobContext, error: Exception) -> None:
 
 
 def _write_status(context: JobContext, status: str, error, run_id=None, value=None, hint=None,
-                  outcome=None) -> None:
+                  outcome=None, skipped=False) -> None:
     """job_status.json in the job's folder: what the sweep summary counts. `outcome`: learned,
-    did_not_learn (outcome.py), or None (not finished, or a task without a test accuracy)."""
+    did_not_learn (outcome.py), or None (not finished, or a task without a test accuracy);
+    `skipped`: an earlier run finished this config, so nothing ran."""
     if not context.output_dir:
         return
-    record = {"status": status, "run_id": run_id, "value": value,
+    record = {"status": status, "run_id": run_id, "value": value, "skipped": skipped,
               "overrides": [tracking.mask_secrets(o) for o in context.overrides],
               "error": None if error is None else tracking.mask_secrets(f"{type(error).__name__}: {error}"),
               "hint": None if hint is None else tracking.mask_secrets(hint), "outcome": outcome}

@@ -58,7 +58,7 @@ def cli() -> None:
     sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
     try:
         check_command_line(sys.argv[1:])
-    except overrides.UnknownKeyError as error:
+    except (overrides.UnknownKeyError, overrides.RemovedOptionError) as error:
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)
     signals.install()
@@ -92,6 +92,7 @@ def check_command_line(args: list[str]) -> None:
     if (parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion or parsed.experimental_rerun
             or parsed.config_path):  # help, or a primary config folder this cannot find as Hydra will
         return
+    overrides.check_removed(list(parsed.overrides))
     config_name = parsed.config_name or "config"
     command_line = list(parsed.overrides)
     if parsed.config_dir:  # `-cd DIR` joins the search path, as Hydra adds it: its options are known too

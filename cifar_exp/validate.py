@@ -82,6 +82,21 @@ def validate(cfg) -> None:
             raise ConfigError(group, OmegaConf.to_container(cfg[group], resolve=True),
                               f"values of the right types ({type(error).__name__}: {error})") from None
     load(cfg.task).check(cfg)  # the task's own part: its block, its metrics (tasks/__init__.py)
+    check_full_batches(cfg)
+
+
+def check_full_batches(cfg) -> None:
+    """With trainer.drop_remainder, the training samples the config implies (dataset.limit_train or
+    train_size, less the validation fraction) must fill one batch: refused here, before the run opens
+    (training/fit.py checks the loaded count again)."""
+    dataset, batch_size = cfg.dataset, cfg.trainer.batch_size
+    n = dataset.get("limit_train") or dataset.get("train_size")
+    if not (cfg.trainer.drop_remainder and isinstance(n, int)):
+        return
+    n -= round(n * (dataset.get("val_fraction") or 0.0))
+    if n < batch_size:
+        raise ConfigError("trainer.drop_remainder", "true", f"false, or a trainer.batch_size of at most {n} "
+                          f"(the training samples; no full batch of {batch_size} to train on)")
 
 
 def check_devices(cfg) -> None:

@@ -79,6 +79,9 @@ def test_tensorflow_gets_its_xla_cache_flag_and_memory_growth(clean_env, tmp_pat
 @pytest.mark.parametrize("override, message", [
     ("trainer.compile_cache=''", "trainer.compile_cache"),
     ("trainer.compile_cache=s3://bucket/xla", "a local folder"),
+    ("trainer.compile_cache=off", "null to switch the cache off"),
+    ("trainer.compile_cache=None", "null to switch the cache off"),
+    ("trainer.compile_cache=/dev/null/xla", "a folder this user can create"),  # under a file
     ("trainer.gpu_memory=lots", "trainer.gpu_memory"),
     ("trainer.gpu_memory=1.5", "trainer.gpu_memory"),
 ])

@@ -71,3 +71,15 @@ def test_the_config_hash_ignores_how_data_is_fed_and_keeps_earlier_runs_matching
     assert config_hash(default) != config_hash(compose(["trainer.label_smoothing=0.1"]))
     assert config_hash(default) != config_hash(compose(["trainer.drop_remainder=true"]))
     assert OmegaConf.to_container(default)["trainer"]["tta"] is False  # hashing left the config alone
+
+
+def test_a_jax_run_is_not_the_tensorflow_run_of_the_same_config(monkeypatch):
+    """A sweep comparing backends must not skip the JAX job because the TensorFlow one finished."""
+    from cifar_exp.job import config_hash
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    tensorflow = config_hash(compose())
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert config_hash(compose()) == tensorflow  # the default, spelled out: earlier runs keep their hash
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert config_hash(compose()) != tensorflow

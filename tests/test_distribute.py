@@ -164,3 +164,11 @@ def test_multi_worker_replicas_are_counted_from_the_cluster_without_building_the
     with pytest.raises(ConfigError, match="trainer.batch_size=510. Allowed: a multiple of the 4 replicas that "
                                           "trainer.strategy=multi_worker splits each batch across: 508 or 512"):
         distribute.check_batch_size("trainer.batch_size", 510, 4, "multi_worker")
+
+
+def test_drop_remainder_without_a_full_batch_is_refused_before_the_run_opens():
+    with pytest.raises(ConfigError, match=r"trainer\.drop_remainder='true'.*batch_size of at most 500"):
+        validate.validate(compose(["experiment=airbench", "dataset.limit_train=500"]))
+    with pytest.raises(ConfigError, match="at most 900"):  # 10% carved out for validation
+        validate.validate(compose(["experiment=airbench", "dataset.limit_train=1000", "dataset.val_fraction=0.1"]))
+    validate.validate(compose(["experiment=airbench", "dataset.limit_train=2048"]))

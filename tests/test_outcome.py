@@ -179,3 +179,18 @@ def test_self_paced_runs_log_the_plain_cross_entropy_beside_the_weighted_loss(fa
         assert m["loss"] < m["cross_entropy"]
     assert {"test_loss", "test_accuracy", "test_cross_entropy", "chance_accuracy_bound"} <= set(final)
     assert fake_tracker.tags["outcome"] in ("learned", "did_not_learn")
+
+
+def test_the_sweep_summary_names_jobs_skipped_as_finished_before(tmp_path, capsys):
+    import json
+
+    from cifar_exp.sweeps.summary import summarize
+
+    for i, skipped in enumerate((True, False)):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "job_status.json").write_text(json.dumps(
+            {"status": "FINISHED", "run_id": str(i), "value": 0.5, "overrides": [], "error": None, "hint": None,
+             "outcome": "learned", "skipped": skipped}))
+    assert summarize(str(tmp_path))
+    assert "Sweep summary: 2 finished (1 skipped: finished before in this MLflow experiment; " \
+           "sweep.rerun=true runs them again), 0 failed" in capsys.readouterr().out

@@ -175,3 +175,10 @@ def test_the_removed_fast_recipe_fails_composing_with_the_experiments_there_are(
 
     with pytest.raises(MissingConfigException, match=r"(?s)Could not find 'experiment/fast'.*airbench"):
         compose(["experiment=fast"])
+    # The command line says why it went and what replaces it, in one line, before Hydra composes.
+    from cifar_exp import overrides
+
+    for command_line in (["experiment=fast"], ["trainer.epochs=2", "experiment=resnet9,fast"]):
+        with pytest.raises(overrides.RemovedOptionError, match=r"experiment=fast was removed.*experiment=airbench"):
+            overrides.check_removed(command_line)
+    overrides.check_removed(["experiment=airbench", "+tags.note=fast"])

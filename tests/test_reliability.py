@@ -74,7 +74,7 @@ def test_rerunning_a_sweep_skips_finished_jobs_unless_asked(tmp_path):
     first = run_cli([*sweep, f"hydra.sweep.dir={tmp_path}/first", "--multirun"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     again = run_cli([*sweep, f"hydra.sweep.dir={tmp_path}/again", "--multirun"], cwd=tmp_path)
-    assert again.returncode == 0 and "Sweep summary: 2 finished" in again.stdout
+    assert again.returncode == 0 and "Sweep summary: 2 finished (2 skipped: finished before" in again.stdout
     assert "skipping" in again.stdout + again.stderr
     assert len(all_runs(uri)[1]) == 2
     forced = run_cli([*sweep, "sweep.rerun=true", f"hydra.sweep.dir={tmp_path}/forced", "--multirun"], cwd=tmp_path)

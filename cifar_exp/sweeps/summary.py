@@ -34,10 +34,14 @@ def summarize(sweep_dir: str) -> bool:
     killed = [r for r in records if r["status"] == "KILLED"]
     # Finished at chance level (outcome.py): a result, but not one to compare settings by.
     idle = [r for r in records if r["status"] == "FINISHED" and r.get("outcome") == "did_not_learn"]
+    skipped = [r for r in records if r.get("skipped")]
     stopped = f", {len(killed)} stopped" if killed else ""
     idle_count = f", {len(idle)} did not learn" if idle else ""
-    print(f"Sweep summary: {len(records) - len(failed) - len(killed)} finished, {len(failed)} failed{stopped}"
-          f"{idle_count} ({sweep_dir})", flush=True)
+    # Skipped jobs count as finished (their config has a FINISHED run) but are named: nothing ran.
+    skipped_count = (f" ({len(skipped)} skipped: finished before in this MLflow experiment; "
+                     f"sweep.rerun=true runs them again)") if skipped else ""
+    print(f"Sweep summary: {len(records) - len(failed) - len(killed)} finished{skipped_count}, {len(failed)} failed"
+          f"{stopped}{idle_count} ({sweep_dir})", flush=True)
     for record in failed + killed:
         print(f"  {record['status']}: {' '.join(record['overrides'])}: {record['error']}", flush=True)
         if record.get("hint"):

@@ -17,6 +17,7 @@ from cifar_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 GPU_MEMORY = ("auto", "grow", "preallocate")
+OFF_WORDS = ("off", "none", "no", "false", "disable", "disabled")
 
 
 def check_backend_settings(trainer) -> None:
@@ -25,8 +26,12 @@ def check_backend_settings(trainer) -> None:
         raise ConfigError("trainer.compile_cache", cache, "auto, a folder, or null (no persistent cache)")
     if cache is not None and "://" in cache:  # XLA writes to a local folder; a URL would become a folder named after it
         raise ConfigError("trainer.compile_cache", cache, "auto, a local folder (not a URL), or null")
+    if cache not in (None, "auto") and cache.lower() in OFF_WORDS:  # would become a folder of that name
+        raise ConfigError("trainer.compile_cache", cache, "null to switch the cache off; auto or a folder")
     if cache not in (None, "auto") and Path(cache).expanduser().exists() and not Path(cache).expanduser().is_dir():
         raise ConfigError("trainer.compile_cache", cache, "auto, a folder (this is a file), or null")
+    if cache is not None and not _creatable(cache_folder(cache)):
+        raise ConfigError("trainer.compile_cache", cache, "auto, a folder this user can create or write to, or null")
     memory = trainer.get("gpu_memory", "auto")
     fraction = isinstance(memory, (int, float)) and not isinstance(memory, bool)
     if not (memory in GPU_MEMORY or fraction and 0 < memory <= 1):
@@ -34,6 +39,13 @@ def check_backend_settings(trainer) -> None:
     if fraction and keras_backend() != "jax":
         raise ConfigError("trainer.gpu_memory", memory,
                           f"auto, grow or preallocate under KERAS_BACKEND={keras_backend()} (a fraction: JAX only)")
+
+
+def _creatable(folder: Path) -> bool:
+    """Whether `folder` exists and is writable, or its nearest existing parent is a writable folder."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
 
 def keras_backend() -> str:

@@ -233,9 +233,14 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
     replicas = strategy.num_replicas_in_sync
     drop_remainder = cfg.trainer.drop_remainder
     if drop_remainder and len(data.y_train) < batch_size:
-        raise ConfigError("trainer.drop_remainder", True, f"false, or a trainer.batch_size of at most "
+        raise ConfigError("trainer.drop_remainder", "true", f"false, or a trainer.batch_size of at most "
                           f"{len(data.y_train)} (the training samples; no full batch of {batch_size} to train on)")
     steps_per_epoch = TrainBatches.count(len(data.y_train), batch_size, replicas, drop_remainder)
+    if drop_remainder and len(data.y_train) % batch_size > 0.1 * len(data.y_train):
+        log.warning("trainer.drop_remainder: each epoch skips %d of its %d training samples (%.0f%%); "
+                    "a smaller trainer.batch_size (or drop_remainder=false) trains on more of them",
+                    len(data.y_train) % batch_size, len(data.y_train), 100 * (len(data.y_train) % batch_size)
+                    / len(data.y_train))
     # Images as arrays on the host, or as indices into a copy resident on the accelerator.
     feed = build_feed(cfg.trainer.data_on_device, data)
     # Self-paced learning rewrites these per-sample weights before each epoch (None: plain training).
