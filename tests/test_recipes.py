@@ -169,8 +169,8 @@ def test_model_airbench_composes_as_experiment_airbench():
 
 
 def test_the_removed_fast_recipe_fails_composing_with_the_experiments_there_are():
-    """experiment=fast was removed once measured (README: experiment=airbench is the fast recipe); asking for it
-    gets Hydra's one message listing the experiments, airbench among them."""
+    """experiment=fast was removed once measured (README: experiment=airbench is the fast recipe): composing it
+    gets Hydra's message listing the experiments, airbench among them; the command line, one line saying why."""
     from hydra.errors import MissingConfigException
 
     with pytest.raises(MissingConfigException, match=r"(?s)Could not find 'experiment/fast'.*airbench"):
