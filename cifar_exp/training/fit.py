@@ -19,10 +19,10 @@ from keras import ops
 from omegaconf import OmegaConf
 
 from cifar_exp import console
-from cifar_exp.errors import ConfigError
 from cifar_exp.data import augment
 from cifar_exp.data.dataset import DataSplits, load_dataset
 from cifar_exp.data.resident import build_feed, has_accelerator
+from cifar_exp.errors import ConfigError
 from cifar_exp.models.builders import build_model
 from cifar_exp.models.initializers import apply_init, apply_l2
 from cifar_exp.spl.callback import build_spl_callback
