@@ -12,7 +12,7 @@
 # Every summary holds per job: test accuracy, process start -> run closed (MLflow's start/end), each
 # epoch's seconds (the first includes compilation), the GPU and versions, the date.
 #
-# A CPU trial with tiny settings (4 minutes on the 2-core VM, 2026-11-30; meaningless numbers; it
+# A CPU trial with tiny settings (2 min 43 s on the 2-core VM, 2026-11-30; meaningless numbers; it
 # checks that every part runs and writes its summary):
 #   TRIAL=1 OUT=/tmp/gpu_trial bash benchmarks/gpu_session.sh /work/shared/data/cifar10-jpeg.tar.gz
 set -u
