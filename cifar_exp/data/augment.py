@@ -237,14 +237,13 @@ def _layers():
             for layer in self.layers:
                 layer.epoch_parity.assign(epoch % 2)
 
-    @register
-    class FlipTTA(keras.layers.Wrapper):
-        """Flip test-time augmentation around the wrapped model: outside training, x and its left-right
-        mirror go through the model as one batch of 2N and the two halves' logits are averaged (in
-        float32); in training the model sees x alone, so training is unchanged."""
+    class ViewsTTA(keras.layers.Wrapper):
+        """The part FlipTTA and FlipTranslateTTA share: outside training, `average_views(x)` (several
+        views of x through the wrapped model as one batch, their logits averaged in float32); in
+        training the model sees x alone, so training is unchanged."""
 
         def __init__(self, layer, **kwargs):
-            # float32: the mean of two half-precision logits is taken in full precision; the wrapped
+            # float32: the mean of half-precision logits is taken in full precision; the wrapped
             # model keeps its own (mixed) precision policy.
             kwargs.setdefault("dtype", "float32")
             super().__init__(layer, **kwargs)
@@ -252,38 +251,40 @@ def _layers():
         def call(self, x, training=None):
             if training:
                 return ops.cast(self.layer(x, training=True), self.compute_dtype)
-            both = self.layer(ops.concatenate([x, ops.flip(x, axis=2)], axis=0), training=False)
-            original, mirrored = ops.split(ops.cast(both, self.compute_dtype), 2, axis=0)
-            return (original + mirrored) / 2
+            return self.average_views(x)
+
+        def views_logits(self, views):
+            """The wrapped model's float logits for each of `views` (one call on their concatenation)."""
+            batch = ops.concatenate(views, axis=0)
+            return ops.split(ops.cast(self.layer(batch, training=False), self.compute_dtype), len(views), axis=0)
 
         def compute_output_shape(self, input_shape):
             return self.layer.compute_output_shape(input_shape)
 
     @register
-    class FlipTranslateTTA(keras.layers.Wrapper):
+    class FlipTTA(ViewsTTA):
+        """Flip test-time augmentation around the wrapped model: outside training, x and its left-right
+        mirror go through the model as one batch of 2N and the two halves' logits are averaged (in
+        float32); in training the model sees x alone, so training is unchanged."""
+
+        def average_views(self, x):
+            original, mirrored = self.views_logits([x, ops.flip(x, axis=2)])
+            return (original + mirrored) / 2
+
+    @register
+    class FlipTranslateTTA(ViewsTTA):
         """airbench94's tta_level 2 around the wrapped model, outside training: logits of
         0.5 x mirror-mean(x) + 0.25 x mirror-mean(x shifted 1 px up-left) + 0.25 x mirror-mean(x shifted
         1 px down-right), shifts by reflect padding; one call on a batch of 6N, averaged in float32.
         In training the model sees x alone."""
 
-        def __init__(self, layer, **kwargs):
-            kwargs.setdefault("dtype", "float32")
-            super().__init__(layer, **kwargs)
-
-        def call(self, x, training=None):
-            if training:
-                return ops.cast(self.layer(x, training=True), self.compute_dtype)
+        def average_views(self, x):
             h, w = x.shape[1], x.shape[2]
             padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
             views = [x, padded[:, :h, :w], padded[:, 2:h + 2, 2:w + 2]]
-            views += [ops.flip(v, axis=2) for v in views]
-            logits = ops.split(ops.cast(self.layer(ops.concatenate(views, axis=0), training=False),
-                                        self.compute_dtype), 6, axis=0)
+            logits = self.views_logits(views + [ops.flip(v, axis=2) for v in views])
             plain, up_left, down_right = [(logits[i] + logits[i + 3]) / 2 for i in range(3)]
             return 0.5 * plain + 0.25 * up_left + 0.25 * down_right
-
-        def compute_output_shape(self, input_shape):
-            return self.layer.compute_output_shape(input_shape)
 
     class Namespace:
         pass
