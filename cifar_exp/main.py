@@ -10,17 +10,31 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from cifar_exp import CONFIG_DIR  # the configs' folder (a wheel's cifar_exp/conf, else the checkout's conf/)
+from cifar_exp.sweeps.sweeper import preflight
+
+
+def check_trial_config(cfg: DictConfig) -> None:
+    """The Optuna sweeper's pre-flight check of a trial's composed config (before any trial runs):
+    raises ConfigError or DataError as a job would refuse to start."""
+    from cifar_exp.job import find_data
+    from cifar_exp.validate import validate
+
+    validate(cfg)
+    if cfg.task != "kfold_poly":  # kfold_poly generates its data
+        find_data(cfg.dataset)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@preflight(check_trial_config)
 def main(cfg: DictConfig) -> float:
     from cifar_exp.data.readers import DataError
     from cifar_exp.errors import ConfigError
     from cifar_exp.job import JobContext, run_job
     from cifar_exp.overrides import SWEPT_KEYS_ENV
+    from cifar_exp.sweeps.pruning import job_trial
     from cifar_exp.training.outcome import TrainingDiverged
 
     hydra_cfg = HydraConfig.get()
@@ -33,6 +47,10 @@ def main(cfg: DictConfig) -> float:
         multirun=hydra_cfg.mode == RunMode.MULTIRUN,
         swept_keys=[k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k],
     )
+    trial = job_trial(context.job_num) if context.multirun else None  # an Optuna sweep's trial for this job
+    if trial is not None:
+        with open_dict(cfg):
+            cfg.optuna_trial = trial
     try:
         return run_job(cfg, context)
     except (ConfigError, DataError) as error:  # bad input: the message, not a traceback

@@ -2,7 +2,8 @@
 training when the study's pruner says so, and mark the MLflow run and the trial.
 
 `build_trial_callback(cfg, tracker)` returns None unless the sweeper handed this job a
-trial through `cfg.optuna_trial` (storage, study_name, number, trial_id, monitor). A monitored
+trial: main() puts what `job_trial` reads (the file the sweeper wrote for this job number:
+storage, study_name, number, trial_id, monitor) in `cfg.optuna_trial`. A monitored
 key Keras does not log fails the job at its first epoch and tells the sweeper to stop: pruning
 would otherwise be silently off for every trial.
 """
@@ -75,11 +76,30 @@ def _lookup(logs: dict, key: str) -> float | None:
     return None
 
 
+def job_trial(job_num: int | None) -> dict | None:
+    """The trial the Optuna sweeper asked for job `job_num` (hydra.job.num, the trial's number) of
+    the running sweep, as a mapping (storage, study_name, number, trial_id, monitor); None outside
+    one. Read from the file the sweeper wrote in <sweep dir>/.optuna_trials/, in the folder the
+    environment variable CIFAR_EXP_OPTUNA_TRIALS names, not from the job's overrides."""
+    import json
+    import os
+    from pathlib import Path
+
+    from cifar_exp.sweeps.sweeper._optuna import TRIALS_ENV
+
+    folder = os.environ.get(TRIALS_ENV)
+    if not folder or job_num is None:
+        return None
+    path = Path(folder, f"{job_num}.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def open_trial(coordinates):
     """The running Optuna trial named by `cfg.optuna_trial`, with the study's pruner."""
     import optuna
 
     from cifar_exp.sweeps.sweeper import _optuna as oh
+    from cifar_exp.sweeps.sweeper import _private as private
 
     storage = oh.open_storage(oh.job_storage_location(str(coordinates.storage)))
     try:
@@ -89,7 +109,7 @@ def open_trial(coordinates):
         raise ConfigError("optuna_trial.study_name", coordinates.study_name,
                           "a study in the storage the sweeper created") from None
     study.pruner = oh.build_pruner(study.user_attrs.get(oh.PRUNER_ATTR))
-    return optuna.trial.Trial(study, int(coordinates.trial_id))
+    return private.attach(study, int(coordinates.trial_id))
 
 
 def build_trial_callback(cfg, tracker):

@@ -15,19 +15,20 @@ from omegaconf import DictConfig
 
 
 class OptunaSweeper(Sweeper):
-    """Each batch: ask Optuna for `n_jobs` trials, launch them, tell their outcomes."""
+    """Each batch: ask Optuna for `n_jobs` trials, launch them, tell their outcomes. The arguments
+    are the official hydra-optuna-sweeper's, then ours (pruner, monitor, seed, heartbeat)."""
 
-    def __init__(self, sampler: Any, pruner: Any, direction: str, n_trials: int, n_jobs: int,
-                 seed: Optional[int], storage: Optional[str], study_name: Optional[str],
-                 monitor: Optional[str], max_failure_rate: float, heartbeat_s: int, stale_after_s: int,
-                 params: Optional[DictConfig]) -> None:
+    def __init__(self, sampler: Any, direction: Any, storage: Optional[str], study_name: Optional[str],
+                 n_trials: int, n_jobs: int, max_failure_rate: float, params: Optional[DictConfig],
+                 custom_search_space: Optional[str] = None, pruner: Any = None, monitor: Optional[str] = None,
+                 seed: Optional[int] = None, heartbeat_s: int = 60, stale_after_s: int = 600) -> None:
         from cifar_exp.sweeps.sweeper._impl import OptunaSweeperImpl
 
         self.sweeper = OptunaSweeperImpl(
-            sampler=sampler, pruner=pruner, direction=direction, n_trials=n_trials, n_jobs=n_jobs,
-            seed=seed, storage=storage, study_name=study_name, monitor=monitor,
-            max_failure_rate=max_failure_rate, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s,
-            params=params)
+            sampler=sampler, direction=direction, storage=storage, study_name=study_name, n_trials=n_trials,
+            n_jobs=n_jobs, max_failure_rate=max_failure_rate, params=params,
+            custom_search_space=custom_search_space, pruner=pruner, monitor=monitor, seed=seed,
+            heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -35,6 +36,7 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> None:
         from cifar_exp.data.readers import DataError
         from cifar_exp.errors import ConfigError
+        from cifar_exp.sweeps.sweeper import SweepStopped
 
         try:
             return self.sweeper.sweep(arguments)
@@ -43,3 +45,6 @@ class OptunaSweeper(Sweeper):
 
             print(f"Error: {mask_secrets(error)}", file=sys.stderr)
             sys.exit(2)
+        except SweepStopped as error:
+            print(f"Error: {error}", file=sys.stderr)
+            sys.exit(1)

@@ -1,14 +1,17 @@
 """The sweep loop: ask `n_jobs` trials, hand them to the configured launcher as overrides,
 tell Optuna what came back, until the study holds `n_trials` trials; then write
-`optimization_results.yaml` in the sweep dir.
+`optimization_results.yaml` in the sweep dir (the best trial, or the Pareto front of a
+multi-objective study) and print it.
 
-Before any trial, the config every trial shares is composed and validated (at the low, middle
-and high ends of the search space), so a mistake they all share fails once, not n_trials times.
+Any Hydra app can be swept. An app that hands the sweeper a pre-flight check (the `preflight`
+decorator in cifar_exp.sweeps.sweeper; cifar_exp's main does) has the config every trial shares
+composed and checked first, at the low, middle and high ends of the search space, so a mistake
+they all share fails once, not n_trials times.
 A rerun resumes: finished trials count towards `n_trials`, and trials a dead sweeper left
 RUNNING are failed and queued again; a rerun whose settings (direction, metrics, search space,
-fixed overrides) differ from the study's is refused before it asks for a trial. Jobs report epochs
-to their trial themselves (cifar_exp.sweeps.pruning); a job that was pruned says so in a trial user attr,
-and one whose monitored metric does not exist stops the sweep the same way.
+fixed overrides) differ from the study's is refused before it asks for a trial. A job learns its
+trial from a file in the sweep dir (_optuna.write_trial_file), never from its overrides; cifar_exp
+jobs report epochs to it themselves (cifar_exp.sweeps.pruning).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
@@ -34,7 +37,9 @@ from optuna.trial import TrialState
 from cifar_exp.errors import ConfigError
 from cifar_exp.tracking.runs import mask_secrets
 
+from . import PREFLIGHT_ATTR, SweepStopped
 from . import _optuna as oh
+from . import _private as private
 
 log = logging.getLogger(__name__)
 
@@ -43,78 +48,144 @@ HEARTBEAT_ATTR = "cifar_exp.heartbeat"  # trial system attr: time.time() of its 
 RESULTS_FILE = "optimization_results.yaml"
 HOST = socket.gethostname()
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+DIRECTIONS = ("minimize", "maximize")
 
 
 def _plain(node) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def directions_of(direction) -> list[str]:
+    """`direction` as a list of "minimize"/"maximize", one per objective: a string, a list of them,
+    or the official plugin's Direction enum members. Raises ConfigError otherwise."""
+    given = _plain(direction)
+    items = given if isinstance(given, (list, tuple)) else [given]
+    names = [str(getattr(d, "name", d)).lower() for d in items]
+    if not names or any(name not in DIRECTIONS for name in names):
+        raise ConfigError("hydra.sweeper.direction", given,
+                          "minimize or maximize, or a list of them (one per objective the job returns)")
+    return names
 
 
 class OptunaSweeperImpl(Sweeper):
-    def __init__(self, *, sampler, pruner, direction: str, n_trials: int, n_jobs: int, seed, storage,
-                 study_name, monitor, max_failure_rate: float, heartbeat_s: int, stale_after_s: int,
-                 params) -> None:
-        if direction not in ("maximize", "minimize"):
-            raise ConfigError("hydra.sweeper.direction", direction, "maximize or minimize")
+    def __init__(self, *, sampler, direction="minimize", n_trials: int = 20, n_jobs: int = 2, storage=None,
+                 study_name=None, max_failure_rate: float = 0.0, params=None, custom_search_space=None,
+                 pruner=None, seed=None, monitor=None, heartbeat_s: int = 60, stale_after_s: int = 600) -> None:
+        self.directions = directions_of(direction)
         for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs), ("heartbeat_s", heartbeat_s),
                            ("stale_after_s", stale_after_s)):
             if not (isinstance(value, int) and value > 0):
                 raise ConfigError(f"hydra.sweeper.{key}", value, "a positive integer")
-        if not 0.0 <= max_failure_rate <= 1.0:
+        if not (isinstance(max_failure_rate, (int, float)) and 0.0 <= max_failure_rate <= 1.0):
             raise ConfigError("hydra.sweeper.max_failure_rate", max_failure_rate, "a fraction in [0, 1]")
         self.sampler_spec, self.pruner_spec = _plain(sampler), _plain(pruner)
-        self.direction, self.n_trials, self.n_jobs, self.seed = direction, n_trials, n_jobs, seed
+        self.n_trials, self.n_jobs, self.seed = n_trials, n_jobs, seed
         self.storage, self.study_name, self.monitor = storage, study_name, monitor
         self.max_failure_rate, self.heartbeat_s, self.stale_after_s = max_failure_rate, heartbeat_s, stale_after_s
         self.params = _plain(params) or {}
+        self.custom_search_space = custom_search_space
+        self.preflight = None
         self._in_flight: set[int] = set()
+
+    @property
+    def direction(self):
+        """The study's direction as configured: a string, or a list for several objectives."""
+        return self.directions[0] if len(self.directions) == 1 else list(self.directions)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = str(config.hydra.sweep.dir)
+        self.preflight = getattr(task_function, PREFLIGHT_ATTR, None)
+        self.extend_space = None
+        if self.custom_search_space:
+            from hydra.utils import get_method
+
+            try:
+                self.extend_space = get_method(str(self.custom_search_space))
+            except Exception as error:
+                raise ConfigError("hydra.sweeper.custom_search_space", self.custom_search_space,
+                                  f"a function `module.function` the app can import ({error})") from None
 
     # ------------------------------------------------------------------------ the sweep
 
     def sweep(self, arguments: list[str]) -> None:
         space = oh.parse_search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
-        self._check_shared_config(space)
+        for key, stop in space.excluded_stops.items():
+            log.warning("%s: range(...) samples values below its stop %s, as Hydra's range does (the official "
+                        "Optuna plugin also sampled the stop): raise the stop by one step to include it", key, stop)
+        if self.preflight is not None:
+            self._check_shared_config(space)
+        trials_dir = str(Path(self.sweep_dir, oh.TRIALS_DIR).resolve())
+        before = os.environ.get(oh.TRIALS_ENV)
+        os.environ[oh.TRIALS_ENV] = trials_dir  # every launcher's jobs inherit it (see oh.write_trial_file)
+        try:
+            self._sweep(space, trials_dir)
+        finally:
+            if before is None:
+                os.environ.pop(oh.TRIALS_ENV, None)
+            else:
+                os.environ[oh.TRIALS_ENV] = before
+
+    def _sweep(self, space: oh.SearchSpace, trials_dir: str) -> None:
         study = self._open_study(space)
         target = self.n_trials
-        grid = space.grid() if self.sampler_spec["name"] == "grid" else None
+        grid = space.grid() if oh.is_grid(self.sampler_spec) else None
         if grid is not None:
             target = min(target, math.prod(len(values) for values in grid.values()))
-        launched = failed = 0
+        launched = 0
         while True:
             self._recover_orphans(study)
             remaining = target - sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
             if remaining <= 0:
                 break
             trials = [study.ask() for _ in range(min(self.n_jobs, remaining))]
-            batch = [self._configure(study, trial, space) for trial in trials]
             try:
+                batch = [self._configure(study, trial, space, trials_dir) for trial in trials]
                 self.validate_batch_is_legal(batch)
             except Exception:
                 for trial in trials:  # never ran: must not count towards n_trials
-                    study._storage.set_trial_user_attr(trial._trial_id, oh.NOT_RUN_ATTR, "invalid overrides")
+                    private.set_user_attr(study, private.trial_id(trial), oh.NOT_RUN_ATTR, "invalid overrides")
                     study.tell(trial, state=TrialState.FAIL)
                 raise
-            with _Heartbeat(study._storage, [t._trial_id for t in trials], self.heartbeat_s):
-                self._in_flight = {t._trial_id for t in trials}
-                returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            ids = [private.trial_id(t) for t in trials]
+            with _Heartbeat(private.storage_of(study), ids, self.heartbeat_s):
+                self._in_flight = set(ids)
+                returns = self._launch(trials, batch)
                 self._in_flight = set()
-            for trial, ret in zip(trials, returns):
-                failed += not self._tell(study, trial, ret)
+            failed = [ret for trial, ret in zip(trials, returns) if not self._tell(study, trial, ret)]
             self._stop_on_shared_error(study, trials)
             launched += len(trials)
-            if failed / launched > self.max_failure_rate:
+            # As the official plugin counts it: the failed fraction of this batch.
+            if failed and len(failed) / len(trials) > self.max_failure_rate:
                 self._write_results(study)
-                raise RuntimeError(f"{failed} of {launched} trials failed, more than "
-                                   f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+                log.error("Failed %d times out of %d with max_failure_rate=%s", len(failed), len(trials),
+                          self.max_failure_rate)
+                for ret in failed:
+                    if ret.status == JobStatus.FAILED:
+                        ret.return_value  # raises the job's own exception, with its traceback
+                raise SweepStopped(f"{len(failed)} of {len(trials)} trials of this batch failed (see their logs), "
+                                   f"more than hydra.sweeper.max_failure_rate={self.max_failure_rate}")
         if launched == 0:
             log.info("Study %r already has its %d trials: nothing to run (raise hydra.sweeper.n_trials "
                      "to extend it)", study.study_name, target)
-        self._write_results(study)
+        if not self._write_results(study) and launched:
+            raise SweepStopped(f"no trial of study {study.study_name!r} completed (see the trials' logs; "
+                               f"hydra.sweeper.max_failure_rate={self.max_failure_rate} let the sweep go on)")
+
+    def _launch(self, trials, batch) -> list:
+        """Launch the batch so that each job's number (hydra.job.num) is its trial's number: in runs
+        of consecutive numbers (another sweeper sharing the study may have asked the numbers between)."""
+        returns: list = []
+        start = 0
+        while start < len(trials):
+            end = start + 1
+            while end < len(trials) and trials[end].number == trials[end - 1].number + 1:
+                end += 1
+            returns += list(self.launcher.launch(batch[start:end], initial_job_idx=trials[start].number))
+            start = end
+        return returns
 
     def _open_study(self, space: oh.SearchSpace):
         location = oh.storage_location(self.storage, self.sweep_dir)
@@ -124,49 +195,51 @@ class OptunaSweeperImpl(Sweeper):
         if mask_secrets(location) != location:
             os.environ[oh.STORAGE_ENV] = location  # jobs see the URL masked (it is logged)
         self.location = location
+        if not oh.is_database_url(location):
+            repaired = oh.repair_journal(location)
+            if repaired:
+                log.warning("%s", repaired)
         study = optuna.create_study(storage=oh.open_storage(location),
                                     study_name=self.study_name or oh.DEFAULT_STUDY_NAME,
-                                    direction=self.direction, load_if_exists=True,
+                                    directions=self.directions, load_if_exists=True,
                                     pruner=oh.build_pruner(self.pruner_spec))
-        if study.direction.name.lower() != self.direction:
+        existing_directions = [d.name.lower() for d in study.directions]
+        if existing_directions != self.directions:
+            shown = existing_directions[0] if len(existing_directions) == 1 else existing_directions
             raise ConfigError("hydra.sweeper.direction", self.direction,
-                              f"{study.direction.name.lower()}, the direction of the existing study "
-                              f"{study.study_name!r} (or a new hydra.sweeper.study_name)")
+                              f"{shown}, the direction of the existing study {study.study_name!r} "
+                              "(or a new hydra.sweeper.study_name)")
         self._check_settings(study, space)
         existing = len(study.get_trials(deepcopy=False))
         # A resumed study must not replay the random draws of its first run.
-        seed = None if self.seed is None else self.seed + existing
-        spec = {k: v for k, v in self.sampler_spec.items()}
-        study.sampler = oh.build_sampler(spec, seed=seed, grid=space.grid() if spec["name"] == "grid" else None)
+        own_seed = self.sampler_spec.get("seed") if isinstance(self.sampler_spec, dict) else None
+        seed = self.seed if self.seed is not None else own_seed
+        seed = None if seed is None else seed + existing
+        study.sampler = oh.build_sampler(self.sampler_spec, seed=seed, grid=space.grid())
         study.set_user_attr(oh.PRUNER_ATTR, self.pruner_spec)
         log.info("Optuna study %r in %s: %d trials already, target %d; sampler %s, pruner %s, %s",
-                 study.study_name, mask_secrets(location), existing, self.n_trials, self.sampler_spec["name"],
+                 study.study_name, mask_secrets(location), existing, self.n_trials, type(study.sampler).__name__,
                  (self.pruner_spec or {}).get("name", "none"), self.direction)
         log.info("Search space: %s", space.distributions or "(none: replicates of the fixed config)")
         return study
 
     def _check_shared_config(self, space: oh.SearchSpace) -> None:
-        """Compose and validate the config of trials at the low, middle and high ends of the search
-        space. Failing at all three, the error is one every trial shares: raise it before any trial
-        runs. Failing at some, a region of the space is invalid: warn (those trials will fail)."""
+        """Compose the config of trials at the low, middle and high ends of the search space and
+        hand each to the app's pre-flight check. Failing at all three, the error is one every trial
+        shares: raise it before any trial runs. Failing at some, a region of the space is invalid:
+        warn (those trials will fail)."""
         from hydra.errors import HydraException
-
-        from cifar_exp.data.readers import DataError
-        from cifar_exp.job import find_data
-        from cifar_exp.validate import validate
 
         failures = []
         points = oh.probe_points(space)
         for params in points:
             try:
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, space.overrides(params))
-                validate(cfg)
-                if cfg.task != "kfold_poly":
-                    find_data(cfg.dataset)
-            except (ConfigError, DataError) as error:
-                failures.append((params, error))
+                self.preflight(cfg)
             except HydraException as error:  # an override the composed config cannot take
                 failures.append((params, _composition_error(error, space.overrides(params))))
+            except Exception as error:  # the app's check refused it
+                failures.append((params, error))
         if len(failures) == len(points):
             raise failures[0][1]
         for params, error in failures:
@@ -194,32 +267,43 @@ class OptunaSweeperImpl(Sweeper):
         """A job found a config error every trial shares (a monitored metric Keras does not log):
         stop the sweep rather than fail the remaining trials one by one."""
         for trial in trials:
-            error = study._storage.get_trial(trial._trial_id).user_attrs.get(oh.SWEEP_ERROR_ATTR)
+            error = private.frozen(study, private.trial_id(trial)).user_attrs.get(oh.SWEEP_ERROR_ATTR)
             if error:
                 self._write_results(study)
                 raise ConfigError(error["key"], error["value"], error["allowed"])
 
-    def _configure(self, study, trial, space: oh.SearchSpace) -> list[str]:
-        """Sample the trial's parameters; its overrides, with the trial's coordinates."""
+    def _configure(self, study, trial, space: oh.SearchSpace, trials_dir: str) -> list[str]:
+        """Sample the trial's parameters (then custom_search_space's) and write the file its job
+        reads; its overrides: the sampled parameters, then the fixed ones."""
         for key, dist in space.distributions.items():
             _suggest(trial, key, dist)
-        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, f"{HOST}:{os.getpid()}")
-        coordinates = oh.trial_override(self.location, study.study_name, trial.number, trial._trial_id, self.monitor)
-        return space.overrides(trial.params) + [coordinates]
+        if self.extend_space is not None:
+            self.extend_space(self.config, trial)
+        trial_id = private.trial_id(trial)
+        private.set_system_attr(private.storage_of(study), trial_id, WORKER_ATTR, f"{HOST}:{os.getpid()}")
+        oh.write_trial_file(trials_dir, trial.number, self.location, study.study_name, trial_id, self.monitor)
+        return space.overrides(trial.params)
 
     def _tell(self, study, trial, ret) -> bool:
         """Tell Optuna how the trial ended; False when it failed."""
-        value, problem = math.nan, None
+        values, problem = None, None
         if ret.status != JobStatus.COMPLETED:
             problem = f"the job raised {mask_secrets(repr(ret._return_value))}"
         else:
+            returned = ret.return_value
             try:
-                value = float(ret.return_value)
+                if len(self.directions) == 1:
+                    values = [float(returned)]
+                else:
+                    values = [float(v) for v in returned]
             except (TypeError, ValueError):
-                problem = f"the job returned {ret.return_value!r}, not a number"
-            if problem is None and not math.isfinite(value):
-                problem = f"the job returned {value} (a failed or diverged run)"
-        attrs = study._storage.get_trial(trial._trial_id).user_attrs
+                problem = (f"the job returned {returned!r}, not a number" if len(self.directions) == 1 else
+                           f"the job returned {returned!r}, not a list or tuple of {len(self.directions)} numbers")
+            if values is not None and len(values) != len(self.directions):
+                problem = f"the job returned {len(values)} values for {len(self.directions)} directions"
+            elif values is not None and not all(math.isfinite(v) for v in values):
+                problem = f"the job returned {returned} (a failed or diverged run)"
+        attrs = private.frozen(study, private.trial_id(trial)).user_attrs
         try:
             if problem is not None:
                 log.warning("Trial %d failed: %s", trial.number, problem)
@@ -228,8 +312,8 @@ class OptunaSweeperImpl(Sweeper):
                 log.info("Trial %d pruned at epoch %s", trial.number, attrs[oh.PRUNED_ATTR])
                 study.tell(trial, state=TrialState.PRUNED)
             else:
-                log.info("Trial %d: %s", trial.number, value)
-                study.tell(trial, value)
+                log.info("Trial %d: %s", trial.number, values[0] if len(values) == 1 else values)
+                study.tell(trial, values)
         except RuntimeError as error:
             # GridSampler calls Study.stop() after the last grid point, which only works
             # inside Study.optimize; the trial has been told all the same.
@@ -244,7 +328,7 @@ class OptunaSweeperImpl(Sweeper):
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker = trial.system_attrs.get(WORKER_ATTR)
-            if worker is None or trial._trial_id in self._in_flight:
+            if worker is None or private.trial_id(trial) in self._in_flight:
                 continue  # not asked by this sweeper, or running right now
             host, _, pid = worker.rpartition(":")
             beat = trial.system_attrs.get(HEARTBEAT_ATTR, now)
@@ -252,7 +336,7 @@ class OptunaSweeperImpl(Sweeper):
             if not (gone or now - beat > self.stale_after_s):
                 continue
             try:
-                study._storage.set_trial_user_attr(trial._trial_id, oh.ORPHAN_ATTR, True)
+                private.set_user_attr(study, private.trial_id(trial), oh.ORPHAN_ATTR, True)
                 study.tell(trial.number, state=TrialState.FAIL)
             except (UpdateFinishedTrialError, RuntimeError, ValueError):
                 continue  # another worker got there first
@@ -262,23 +346,36 @@ class OptunaSweeperImpl(Sweeper):
 
     # ------------------------------------------------------------------------ results
 
-    def _write_results(self, study) -> None:
+    def _write_results(self, study) -> bool:
+        """optimization_results.yaml in the sweep dir, as the official plugin writes it (name,
+        best_params and best_value; or `solutions`, the Pareto front, for several objectives) plus
+        the study's coordinates and trial counts; printed too. True when a trial completed."""
         trials = study.get_trials(deepcopy=False)
         counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
         results: dict[str, Any] = {
             "name": "optuna", "study_name": study.study_name, "storage": mask_secrets(self.location),
             "direction": self.direction, "n_trials": {k: v for k, v in counts.items() if v},
-            "best_trial": None, "best_value": None, "best_params": None, "best_mlflow_run_id": None,
         }
-        if any(t.state == TrialState.COMPLETE for t in trials):
-            best = study.best_trial
-            results.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params),
-                           best_mlflow_run_id=best.user_attrs.get(oh.MLFLOW_RUN_ATTR))
-            log.info("Best trial %d: %s = %s", best.number, best.params, best.value)
+        completed = any(t.state == TrialState.COMPLETE for t in trials)
+        if len(self.directions) > 1:
+            front = study.best_trials if completed else []
+            results["solutions"] = [{"number": t.number, "params": dict(t.params), "values": list(t.values),
+                                     "mlflow_run_id": t.user_attrs.get(oh.MLFLOW_RUN_ATTR)} for t in front]
+            log.info("Number of Pareto solutions: %d", len(front))
+            for t in front:
+                log.info("    Trial %d: values %s, params %s", t.number, t.values, t.params)
         else:
+            results.update(best_trial=None, best_value=None, best_params=None, best_mlflow_run_id=None)
+            if completed:
+                best = study.best_trial
+                results.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params),
+                               best_mlflow_run_id=best.user_attrs.get(oh.MLFLOW_RUN_ATTR))
+                log.info("Best trial %d: %s = %s", best.number, best.params, best.value)
+        if not completed:
             log.warning("Study %r has no completed trial yet", study.study_name)
         Path(self.sweep_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), Path(self.sweep_dir, RESULTS_FILE))
+        return completed
 
 
 def _composition_error(error, overrides: list[str]) -> ConfigError:
@@ -350,7 +447,7 @@ class _Heartbeat:
     def _beat(self) -> None:
         for trial_id in self.trial_ids:
             try:
-                self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+                private.set_system_attr(self.storage, trial_id, HEARTBEAT_ATTR, time.time())
             except UpdateFinishedTrialError:
                 pass
             except Exception as error:  # a busy database must not end the sweep

@@ -62,6 +62,76 @@ def open_storage(location: str):
     return JournalStorage(JournalFileBackend(location))
 
 
+class JournalDamaged(ConfigError):
+    """A journal line that is not a record and cannot be salvaged (not at the end of the file)."""
+
+
+def repair_journal(path: str) -> str | None:
+    """Make a journal Optuna can read and append to after a crash mid-write; a warning, or None.
+
+    A torn last record (half a JSON line, no newline: a process killed while writing) is moved to
+    `<journal>.torn` and cut, so the next record does not land on it (Optuna would then fail on
+    every later read); a whole last record that lacks only its newline gets it. A damaged line
+    further up that ends in a whole record (the torn record an older version appended onto) keeps
+    that record. Anything else raises JournalDamaged naming the file, the line and the repair.
+    Runs under the journal's own lock, so a live writer is never cut.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    file = Path(path)
+    if not file.exists() or file.stat().st_size == 0:
+        return None
+    lock = JournalFileSymlinkLock(path)
+    lock.acquire()
+    try:
+        data = file.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline
+        notes, fixed = [], []
+        for number, line in enumerate(lines, start=1):
+            if _is_record(line):
+                fixed.append(line)
+                continue
+            if not line.strip():
+                notes.append(f"line {number} was empty, dropped")
+                continue
+            start = line.rfind(b'{"op_code"')
+            while start > 0 and not _is_record(line[start:]):
+                start = line.rfind(b'{"op_code"', 0, start)
+            if start <= 0:
+                raise JournalDamaged(str(file), f"line {number}: {line[:60]!r}",
+                                     "a journal of Optuna records: restore it from a copy, or remove that line and "
+                                     "every later one (their trials are lost) and run again")
+            notes.append(f"line {number} began with a torn record {line[:start][:60]!r}, dropped")
+            fixed.append(line[start:])
+        if tail:
+            if _is_record(tail):
+                fixed.append(tail)
+                notes.append("its last record lacked its newline, added")
+            else:
+                with open(f"{path}.torn", "ab") as kept:
+                    kept.write(tail + b"\n")
+                notes.append(f"its last record was torn (a crash mid-write): {tail[:60]!r}... moved to "
+                             f"{path}.torn")
+        if not notes:
+            return None
+        partial = Path(f"{path}.repairing")
+        partial.write_bytes(b"\n".join(fixed) + b"\n")
+        partial.replace(file)
+        return f"Optuna journal {path}: " + "; ".join(notes) + "; the study goes on with every whole record"
+    finally:
+        lock.release()
+
+
+def _is_record(line: bytes) -> bool:
+    import json
+
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def job_storage_location(shown: str) -> str:
     """The storage a job was handed; a masked password is taken from $CIFAR_EXP_OPTUNA_STORAGE."""
     if "***" not in shown:
@@ -75,28 +145,54 @@ def job_storage_location(shown: str) -> str:
 
 # ------------------------------------------------------------------ samplers, pruners
 
-def build_sampler(spec: dict, seed: int | None = None, grid: dict[str, list] | None = None):
-    """An Optuna sampler from a `hydra/sweeper/sampler` option: `name` plus its arguments."""
-    import optuna
+# Optuna imports these only when it first samples, i.e. in the middle of a sweep.
+_NEEDS = {"CmaEsSampler": "cmaes", "GPSampler": "torch"}
 
-    spec = dict(spec)
-    name = spec.pop("name")
-    if name == "grid":
+
+def build_sampler(spec: dict, seed: int | None = None, grid: dict[str, list] | None = None):
+    """An Optuna sampler from a `hydra/sweeper/sampler` option: the class as `_target_` plus its
+    arguments (the official plugin's format). `seed`, when not None, replaces the option's seed;
+    a GridSampler without its own `search_space` gets `grid`, the sweep's discrete space.
+
+    Raises ConfigError naming the key for a target that is not an Optuna sampler, a grid over a
+    continuous space, or a sampler whose optional package is not installed."""
+    import optuna
+    from hydra.utils import get_class
+
+    if isinstance(spec, optuna.samplers.BaseSampler):  # built by the caller (OptunaSweeperImpl used directly)
+        return spec
+    args = dict(spec)
+    target = args.pop("_target_", None)
+    try:
+        cls = get_class(str(target))
+    except Exception:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)):
+        raise ConfigError("hydra.sweeper.sampler._target_", target,
+                          "an Optuna sampler class, e.g. optuna.samplers.TPESampler (hydra/sweeper/sampler="
+                          "tpe|random|grid|cmaes|nsgaii|gp|qmc)")
+    if seed is not None:
+        args["seed"] = seed
+    if issubclass(cls, optuna.samplers.GridSampler) and not args.get("search_space"):
         if not grid:
             raise ConfigError("hydra.sweeper.sampler", "grid",
                               "a search space of choice(...) and range(...) parameters only")
-        return optuna.samplers.GridSampler(grid, seed=seed)
-    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-               "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
-               "qmc": optuna.samplers.QMCSampler}
-    if name not in classes:
-        raise ConfigError("hydra.sweeper.sampler.name", name, ", ".join(["grid", *classes]))
-    # Optuna imports these only when it first samples, i.e. in the middle of a sweep.
-    needs = {"cmaes": "cmaes", "gp": "torch"}.get(name)
+        args["search_space"] = grid
+    needs = _NEEDS.get(cls.__name__)
     if needs and importlib.util.find_spec(needs) is None:
-        raise ConfigError("hydra.sweeper.sampler", name,
+        raise ConfigError("hydra.sweeper.sampler", cls.__name__,
                           f"an installed `{needs}` package (pip install {needs}), or another sampler")
-    return classes[name](seed=seed, **spec)
+    try:
+        return cls(**args)
+    except TypeError as error:  # an argument the class does not take
+        raise ConfigError("hydra.sweeper.sampler", args, f"the arguments of {target} ({error})") from None
+
+
+def is_grid(spec) -> bool:
+    """Whether a sampler option (or a built sampler) is Optuna's GridSampler."""
+    if not isinstance(spec, dict):
+        return type(spec).__name__ == "GridSampler"
+    return str(spec.get("_target_", "")).rsplit(".", 1)[-1] == "GridSampler"
 
 
 def build_pruner(spec: dict | None):
@@ -120,11 +216,14 @@ class SearchSpace:
     """The sweep's overrides split into Optuna distributions and fixed overrides.
 
     `distributions` maps a config key to its distribution; `prefixes` keeps a `+`/`++` the
-    key was given with; `fixed` are override strings passed unchanged to every trial.
+    key was given with; `fixed` are override strings passed unchanged to every trial;
+    `excluded_stops` maps a range(...) key to the stop the official plugin would have sampled.
     """
 
-    def __init__(self, distributions: dict, prefixes: dict[str, str], fixed: list[str]):
+    def __init__(self, distributions: dict, prefixes: dict[str, str], fixed: list[str],
+                 excluded_stops: dict[str, Any] | None = None):
         self.distributions, self.prefixes, self.fixed = distributions, prefixes, fixed
+        self.excluded_stops = excluded_stops or {}
 
     def overrides(self, params: dict[str, Any]) -> list[str]:
         """A trial's overrides: its sampled parameters, then the fixed ones."""
@@ -160,7 +259,7 @@ def parse_search_space(overrides: list[str]) -> SearchSpace:
     by_key: dict[str, Any] = {}
     for override in OverridesParser.create().parse_overrides(overrides):
         by_key[override.key_or_group + (f"@{override.package}" if override.package else "")] = override
-    distributions, prefixes, fixed = {}, {}, []
+    distributions, prefixes, fixed, stops = {}, {}, [], {}
     for override in by_key.values():
         if not override.is_sweep_override():
             fixed.append(override.input_line)
@@ -168,14 +267,17 @@ def parse_search_space(overrides: list[str]) -> SearchSpace:
         key = override.get_key_element().lstrip("+")
         prefixes[key] = override.get_key_element()[: len(override.get_key_element()) - len(key)]
         distributions[key] = to_distribution(override)
-    return SearchSpace(distributions, prefixes, fixed)
+        if excluded_stop(override) is not None:
+            stops[key] = excluded_stop(override)
+    return SearchSpace(distributions, prefixes, fixed, stops)
 
 
 def to_distribution(override):
     """One sweep override as an Optuna distribution.
 
-    interval(a, b) -> float in [a, b]; tag(log, ...) -> log scale; tag(int, ...) -> integers;
-    range(a, b, step) -> a, a+step, ... below b (Hydra's range excludes b);
+    interval(a, b) -> float in [a, b]; tag(log, ...) -> log scale; int(interval(a, b)) or
+    tag(int, ...) -> integers; range(a, b, step) -> a, a+step, ... below b (Hydra's range excludes
+    b, as its basic sweeper does; the official Optuna plugin also sampled b: see excluded_stop);
     choice(...) and shuffle(...) -> categorical.
     """
     from hydra.core.override_parser.types import Transformer
@@ -190,7 +292,8 @@ def to_distribution(override):
         log = "log" in sweep.tags
         if log and sweep.start <= 0:
             raise ConfigError(key, override.input_line, "a log interval with a positive lower end")
-        if "int" in sweep.tags:
+        # int(interval(1, 5)) (Hydra casts both ends to int) or tag(int, interval(...)): integers.
+        if "int" in sweep.tags or isinstance(sweep.start, int) and isinstance(sweep.end, int):
             return IntDistribution(int(sweep.start), int(sweep.end), log=log)
         return FloatDistribution(float(sweep.start), float(sweep.end), log=log)
     values = list(override.sweep_iterator(transformer=Transformer.encode))
@@ -301,22 +404,36 @@ def format_value(value) -> str:
     return str(value)
 
 
-# ------------------------------------------------------------------- trial coordinates
-
-def quote(text: str) -> str:
-    """`text` as a single-quoted value of Hydra's override grammar (a quote or a trailing
-    backslash escaped, `${` kept literal)."""
-    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(text))
-    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
-    # OmegaConf reads `\${` as a literal `${` and `\\${` as a backslash then an interpolation,
-    # so backslashes right before `${` are doubled too.
-    return "'" + re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text) + "'"
+def excluded_stop(override) -> Any | None:
+    """For `range(a, b, step)`: b when it lies on the range's grid, i.e. when the official Optuna
+    plugin would have sampled it and this sweeper (with Hydra's grammar) does not; else None."""
+    if not (override.is_range_sweep() and not override.value().shuffle):
+        return None
+    sweep = override.value()
+    count = (sweep.stop - sweep.start) / sweep.step
+    return sweep.stop if count > 0 and abs(count - round(count)) < 1e-9 else None
 
 
-def trial_override(storage: str, study_name: str, number: int, trial_id: int, monitor: str | None) -> str:
-    """The override that tells a job which trial it is: `++optuna_trial={...}`. The storage
-    is shown masked; the job reads a masked password from $CIFAR_EXP_OPTUNA_STORAGE."""
-    fields = {"storage": quote(mask_secrets(storage)), "study_name": quote(study_name),
-              "number": str(number), "trial_id": str(trial_id),
-              "monitor": "null" if monitor is None else quote(monitor)}
-    return "++optuna_trial={" + ",".join(f"{k}:{v}" for k, v in fields.items()) + "}"
+# ------------------------------------------------------------------- trial hand-off
+# A job learns which trial it is from a file the sweeper writes before launching it,
+# <sweep dir>/.optuna_trials/<job number>.json, in the folder $CIFAR_EXP_OPTUNA_TRIALS names
+# (set by the sweeper, inherited by every launcher's jobs; read by cifar_exp.sweeps.pruning.job_trial). Nothing reaches a job's overrides,
+# so ${hydra.job.override_dirname} and the launcher's lines show only the sampled parameters.
+
+TRIALS_ENV = "CIFAR_EXP_OPTUNA_TRIALS"
+TRIALS_DIR = ".optuna_trials"
+
+
+def write_trial_file(folder: str, number: int, storage: str, study_name: str, trial_id: int,
+                     monitor: str | None) -> Path:
+    """The file job `number` reads: storage (password masked), study_name, number, trial_id, monitor."""
+    import json
+
+    path = Path(folder, f"{number}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = {"storage": mask_secrets(storage), "study_name": study_name, "number": number,
+              "trial_id": trial_id, "monitor": monitor}
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(fields))
+    partial.replace(path)  # atomic: a job never reads half a file
+    return path
