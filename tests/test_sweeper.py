@@ -5,8 +5,6 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from cifar_exp.errors import ConfigError
@@ -47,7 +45,7 @@ def test_grid_lists_discrete_parameters_only():
     continuous = oh.parse_search_space(["optimizer.lr=interval(0.1, 1)"])
     assert continuous.grid() is None
     with pytest.raises(ConfigError, match="choice"):
-        oh.build_sampler({"name": "grid"}, grid=continuous.grid())
+        oh.build_sampler({"_target_": "optuna.samplers.GridSampler"}, grid=continuous.grid())
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -64,13 +62,36 @@ def test_search_space_errors_name_the_key(bad, message):
 
 
 @pytest.mark.parametrize("name, cls", [("tpe", "TPESampler"), ("random", "RandomSampler"),
-                                       ("qmc", "QMCSampler"), ("grid", "GridSampler")])
-def test_samplers_are_built_by_name_with_their_arguments(name, cls):
+                                       ("qmc", "QMCSampler"), ("grid", "GridSampler"),
+                                       ("nsgaii", "NSGAIISampler")])
+def test_samplers_are_built_from_their_target_and_arguments(name, cls):
     from cifar_exp.sweeps.sweeper import config
 
     spec = OmegaConf.to_container(OmegaConf.structured(config._SAMPLERS[name]))
+    assert spec["_target_"] == f"optuna.samplers.{cls}" and spec["seed"] is None  # the official schema
     sampler = oh.build_sampler(spec, seed=3, grid={"model": ["lenet", "simple_cnn"]})
     assert type(sampler).__name__ == cls
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"_target_": "optuna.samplers.TPESampler", "n_startup": 3}, "the arguments of optuna.samplers.TPESampler"),
+    ({"_target_": "optuna.pruners.MedianPruner"}, "an Optuna sampler class"),
+    ({"_target_": "optuna.samplers.NoSuchSampler"}, "an Optuna sampler class"),
+])
+def test_a_sampler_option_optuna_cannot_build_is_one_config_error(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        oh.build_sampler(spec)
+
+
+def test_a_seed_given_to_the_sampler_option_makes_draws_repeat():
+    import optuna
+
+    def draws(spec):
+        study = optuna.create_study(sampler=oh.build_sampler(spec))
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    spec = {"_target_": "optuna.samplers.RandomSampler", "seed": 123}
+    assert draws(spec) == draws(spec) != draws({**spec, "seed": 124})
 
 
 @pytest.mark.parametrize("name, package", [("cmaes", "cmaes"), ("gp", "torch")])
@@ -103,19 +124,15 @@ def test_pruners_are_built_by_name_with_their_arguments(name, cls):
 # ------------------------------------------------------------------ trial hand-off
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40))
-def test_quoted_values_survive_hydra_override_parsing(text):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    override = OverridesParser.create().parse_overrides([f"k={{s:{oh.quote(text)},n:1}}"])[0]
-    assert OmegaConf.create({"k": override.value()}).k.s == text
-
-
-def test_a_job_sees_the_storage_password_masked_and_recovers_it(monkeypatch):
+def test_a_job_finds_its_trial_in_a_file_with_the_storage_password_masked(tmp_path, monkeypatch):
     url = "postgresql://me:s3cret@db.example/optuna"
-    override = oh.trial_override(url, "lr", 3, 7, None)
-    assert "s3cret" not in override and "me:***@" in override
+    path = oh.write_trial_file(str(tmp_path), 3, url, "lr", 7, None)
+    assert "s3cret" not in path.read_text() and "me:***@" in path.read_text()
+    assert pruning.job_trial(3) is None  # outside a sweep (no folder in the environment): no trial
+    monkeypatch.setenv(oh.TRIALS_ENV, str(tmp_path))
+    assert pruning.job_trial(3) == {"storage": "postgresql://me:***@db.example/optuna", "study_name": "lr",
+                                    "number": 3, "trial_id": 7, "monitor": None}
+    assert pruning.job_trial(4) is None and pruning.job_trial(None) is None
     monkeypatch.setenv(oh.STORAGE_ENV, url)
     assert oh.job_storage_location("postgresql://me:***@db.example/optuna") == url
     monkeypatch.setenv(oh.STORAGE_ENV, "postgresql://me:other@elsewhere/optuna")
@@ -180,7 +197,7 @@ def test_a_job_reports_epochs_and_is_pruned_when_worse_than_the_median(tmp_path,
 def _sweeper(**overrides):
     from cifar_exp.sweeps.sweeper._impl import OptunaSweeperImpl
 
-    args = dict(sampler={"name": "random"}, pruner={"name": "none"}, direction="maximize", n_trials=4,
+    args = dict(sampler={"_target_": "optuna.samplers.RandomSampler"}, pruner={"name": "none"}, direction="maximize", n_trials=4,
                 n_jobs=1, seed=0, storage=None, study_name=None, monitor=None, max_failure_rate=1.0,
                 heartbeat_s=60, stale_after_s=600, params=None)
     args.update(overrides)
@@ -236,8 +253,10 @@ def test_an_optuna_trial_not_shaped_as_the_sweeper_sets_it_is_refused_before_tra
 
 
 def test_config_errors_come_before_any_trial():
-    with pytest.raises(ConfigError, match="maximize or minimize"):
+    with pytest.raises(ConfigError, match="minimize or maximize, or a list of them"):
         _sweeper(direction="max")
+    with pytest.raises(ConfigError, match="a fraction in"):
+        _sweeper(max_failure_rate=2)
     with pytest.raises(ConfigError, match="n_trials"):
         _sweeper(n_trials=0)
 
@@ -259,10 +278,11 @@ def test_a_config_error_at_every_end_of_the_space_fails_the_sweep_and_at_some_wa
     import logging
     import types
 
+    from cifar_exp.main import check_trial_config
     from conftest import compose
 
     sweeper = _sweeper()
-    sweeper.config = None
+    sweeper.config, sweeper.preflight = None, check_trial_config
     sweeper.hydra_context = types.SimpleNamespace(config_loader=types.SimpleNamespace(
         load_sweep_config=lambda master, overrides: compose(overrides)))
     with pytest.raises(ConfigError, match="optimizer.lr=-2.0"):
@@ -354,7 +374,10 @@ def test_hparams_search_files_choose_this_sweeper_and_a_search_space(search, key
     cfg = _compose_with_hydra([f"hparams_search={search}"])
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    assert (sweeper.sampler.name, sweeper.pruner.name, sweeper.direction) == ("tpe", "median", "maximize")
+    assert (sweeper.sampler._target_, sweeper.pruner.name) == ("optuna.samplers.TPESampler", "median")
+    # what they need, set explicitly (the sweeper's defaults are the official plugin's: minimize, 0.0)
+    assert (sweeper.direction, sweeper.n_jobs, sweeper.max_failure_rate) == ("maximize", 1, 1.0)
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "trial_${hydra.job.num}"
     assert set(sweeper.params) == keys and sweeper.study_name == search
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.optimized_metric == "val_accuracy"
     assert cfg.dataset.val_fraction > 0  # tuned on a validation split, not on test
@@ -436,7 +459,8 @@ def test_the_median_pruner_stops_a_trial_built_to_be_bad(tmp_path):
     from optuna.trial import TrialState
 
     sweep = tmp_path / "sweep"
-    args = ["--multirun", "hydra/sweeper=cifar_exp_optuna", *SMOKE, "trainer.epochs=3",
+    args = ["--multirun", "hydra/sweeper=cifar_exp_optuna", "hydra.sweeper.direction=maximize",
+            "hydra.sweeper.n_jobs=1", *SMOKE, "trainer.epochs=3",
             f"mlflow.tracking_uri={tracking_uri(tmp_path)}", f"hydra.sweep.dir={sweep}",
             "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=2"]
     # One study, one search space: the grid's order under seed 1 runs the good init first, then

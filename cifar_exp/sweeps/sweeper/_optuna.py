@@ -156,16 +156,18 @@ def build_sampler(spec: dict, seed: int | None = None, grid: dict[str, list] | N
 
     Raises ConfigError naming the key for a target that is not an Optuna sampler, a grid over a
     continuous space, or a sampler whose optional package is not installed."""
+    import importlib
+
     import optuna
-    from hydra.utils import get_class
 
     if isinstance(spec, optuna.samplers.BaseSampler):  # built by the caller (OptunaSweeperImpl used directly)
         return spec
     args = dict(spec)
     target = args.pop("_target_", None)
+    module, _, name = str(target).rpartition(".")
     try:
-        cls = get_class(str(target))
-    except Exception:
+        cls = getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
         cls = None
     if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)):
         raise ConfigError("hydra.sweeper.sampler._target_", target,
