@@ -20,7 +20,7 @@ from cifar_exp.training.optim import check_optimizer, check_schedule
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-TRIAL_FIELDS = {"storage", "study_name", "number", "trial_id"}  # sweeper/_optuna.py trial_override
+TRIAL_FIELDS = {"storage", "study_name", "number", "trial_id"}  # sweeper/_optuna.py write_trial_file
 
 
 def _positive_int(key: str, value) -> None:
@@ -62,7 +62,7 @@ def validate(cfg) -> None:
         raise ConfigError("resume", cfg.resume, "null or an MLflow run id")
     trial = cfg.get("optuna_trial")
     if trial is not None and not (OmegaConf.is_dict(trial) and TRIAL_FIELDS <= set(trial)):
-        # Set by the Optuna sweeper for its jobs (++optuna_trial={...}); anything else would fail deep in
+        # Set by main() from the Optuna sweeper's trial file (pruning.job_trial); anything else would fail deep in
         # the pruning callback with a traceback.
         raise ConfigError("optuna_trial", trial, "null (the Optuna sweeper sets it for its jobs: a mapping of "
                           + ", ".join(sorted(TRIAL_FIELDS)) + ")")

@@ -1,13 +1,12 @@
 """Optuna pieces shared by the sweeper (which asks and tells) and a job's pruning callback
-(which reports epochs): storages, samplers, pruners, the search space, and the override
-that hands a job its trial.
+(which reports epochs): storages (and the repair of a torn journal), samplers, pruners, the
+search space, and the file that hands a job its trial.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
