@@ -160,3 +160,41 @@ def test_a_failure_stops_the_sweep_with_the_jobs_own_traceback(tmp_path):
     assert "RuntimeError: the sphere job refused" not in tolerated.stderr
     assert tolerated.stderr.strip().splitlines()[-1].startswith("Error: no trial of study 'sphere' completed")
     assert [t.state.name for t in _study(tmp_path / "t", "sphere").trials] == ["FAIL"] * 3
+
+
+def test_the_failure_rate_is_counted_per_batch_as_the_official_plugin_counts_it(tmp_path):
+    """n_jobs=2, max_failure_rate=0.5: a batch with one failure of two goes on; the next, with two,
+    stops the sweep by raising the failing job's own exception."""
+    import types
+
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from cifar_exp.sweeps.sweeper._impl import OptunaSweeperImpl
+
+    outcomes = iter([[1.0, RuntimeError("job 1")], [RuntimeError("job 2"), RuntimeError("job 3")], [1.0, 1.0]])
+    launched = []
+
+    def launch(batch, initial_job_idx):
+        launched.append((initial_job_idx, len(batch)))
+        returns = []
+        for outcome in next(outcomes):
+            ret = JobReturn(overrides=[], status=JobStatus.COMPLETED)
+            if isinstance(outcome, Exception):
+                ret.status = JobStatus.FAILED
+            ret._return_value = outcome
+            returns.append(ret)
+        return returns
+
+    sweeper = OptunaSweeperImpl(sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 0}, n_trials=6,
+                                n_jobs=2, max_failure_rate=0.5, params={"x": "interval(0, 1)"})
+    sweeper.config, sweeper.sweep_dir = OmegaConf.create({}), str(tmp_path)
+    sweeper.launcher = types.SimpleNamespace(launch=launch)
+    sweeper.hydra_context = types.SimpleNamespace(config_loader=types.SimpleNamespace(
+        load_sweep_config=lambda master_config, sweep_overrides: master_config))
+    sweeper.extend_space = None
+    with pytest.raises(RuntimeError, match="job 2"):
+        sweeper.sweep([])
+    assert launched == [(0, 2), (2, 2)]  # each job numbered as its trial
+    results = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert results.n_trials == {"complete": 1, "fail": 3} and results.best_value == 1.0
+    assert sorted(p.name for p in (tmp_path / oh.TRIALS_DIR).iterdir()) == ["0.json", "1.json", "2.json", "3.json"]
