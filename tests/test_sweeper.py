@@ -440,6 +440,10 @@ def test_a_study_grows_to_n_trials_and_a_rerun_resumes_it(tmp_path):
     assert sorted(r.data.tags["optuna.trial"] for r in runs) == ["0", "1", "2"]
     assert {r.data.tags["optuna.study"] for r in runs} == {"lr_optuna"}
     assert results.best_mlflow_run_id in {r.info.run_id for r in runs}
+    # A job's overrides are its parameters: the trial reached it through a file, not `++optuna_trial`
+    assert "optuna_trial" not in first.stdout + first.stderr
+    assert not any("optuna_trial" in o for o in OmegaConf.load(sweep / "trial_0" / ".hydra" / "overrides.yaml"))
+    assert {r.data.params["optuna_trial.trial_id"] for r in runs} == {str(t._trial_id) for t in study.trials}
 
     second = run_cli([*args, "hydra.sweeper.n_trials=6"], cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -194,7 +194,6 @@ def test_the_failure_rate_is_counted_per_batch_as_the_official_plugin_counts_it(
     sweeper.launcher = types.SimpleNamespace(launch=launch)
     sweeper.hydra_context = types.SimpleNamespace(config_loader=types.SimpleNamespace(
         load_sweep_config=lambda master_config, sweep_overrides: master_config))
-    sweeper.extend_space = None
     with pytest.raises(RuntimeError, match="job 2"):
         sweeper.sweep([])
     assert launched == [(0, 2), (2, 2)]  # each job numbered as its trial

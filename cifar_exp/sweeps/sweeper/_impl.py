@@ -84,7 +84,7 @@ class OptunaSweeperImpl(Sweeper):
         self.max_failure_rate, self.heartbeat_s, self.stale_after_s = max_failure_rate, heartbeat_s, stale_after_s
         self.params = _plain(params) or {}
         self.custom_search_space = custom_search_space
-        self.preflight = None
+        self.preflight = self.extend_space = None  # set by setup(): the app's check, custom_search_space
         self._in_flight: set[int] = set()
 
     @property
@@ -98,7 +98,6 @@ class OptunaSweeperImpl(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = str(config.hydra.sweep.dir)
         self.preflight = getattr(task_function, PREFLIGHT_ATTR, None)
-        self.extend_space = None
         if self.custom_search_space:
             from hydra.utils import get_method
 
