@@ -18,10 +18,18 @@ from cifar_exp.sweeps.sweeper import preflight
 
 def check_trial_config(cfg: DictConfig) -> None:
     """The Optuna sweeper's pre-flight check of a trial's composed config (before any trial runs):
-    raises ConfigError or DataError as a job would refuse to start."""
+    raises ConfigError or DataError as a job would refuse to start, or when the sweep would
+    optimise the metric the wrong way (the sweeper's default direction is minimize)."""
+    from omegaconf import OmegaConf
+
+    from cifar_exp.errors import ConfigError
     from cifar_exp.job import find_data
     from cifar_exp.validate import validate
 
+    direction, metric = OmegaConf.select(cfg, "hydra.sweeper.direction"), str(cfg.optimized_metric)
+    wanted = "maximize" if "accuracy" in metric else "minimize" if "loss" in metric or "entropy" in metric else None
+    if direction in ("minimize", "maximize") and wanted and direction != wanted:
+        raise ConfigError("hydra.sweeper.direction", direction, f"{wanted} for optimized_metric={metric}")
     validate(cfg)
     if cfg.task != "kfold_poly":  # kfold_poly generates its data
         find_data(cfg.dataset)

@@ -69,6 +69,22 @@ def test_the_official_option_name_selects_this_sweeper():
                                                                                    "minimize")
 
 
+def test_cifar_exp_refuses_to_minimise_an_accuracy_before_any_trial():
+    """The sweeper's default direction is the official minimize: a cifar_exp sweep without a preset
+    that sets it would optimise accuracy the wrong way."""
+    from hydra import compose, initialize_config_dir
+
+    from cifar_exp.main import check_trial_config
+    from conftest import CONF
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/sweeper=cifar_exp_optuna", "optimized_metric=val_accuracy"],
+                      return_hydra_config=True)
+    with pytest.raises(ConfigError, match="hydra.sweeper.direction='minimize'. Allowed: maximize for "
+                                          "optimized_metric=val_accuracy"):
+        check_trial_config(cfg)
+
+
 def test_the_preflight_hook_marks_the_task_function():
     from cifar_exp.main import check_trial_config, main
     from cifar_exp.sweeps.sweeper import PREFLIGHT_ATTR, preflight
