@@ -102,6 +102,8 @@ def run_job(cfg, context: JobContext) -> float:
         value = float(metrics[cfg.optimized_metric])
     except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP (signals.Stopped): ends a sweep too
         stopped = signals.as_stopped(error)
+        if checkpoint_dir is None:  # a requeued job would start over in this run: not requeued
+            stopped.cannot_resume("trainer.checkpoint=false")
         tracker.finish("KILLED", stopped)
         _write_status(context, "KILLED", stopped, tracker.run_id)
         stopped.summary = stop_line(cfg, context, stopped, tracker, resumable=checkpoint_dir is not None)
@@ -180,7 +182,9 @@ def stop_line(cfg, context: JobContext, stopped: signals.Stopped, tracker, resum
     else:
         then = (f"to resume, re-run it with hydra.run.dir={context.output_dir} (or resume={tracker.run_id})"
                 if context.output_dir else f"to resume, re-run it with resume={tracker.run_id}")
-    return f"Stopped by {stopped.name}{where}; run {tracker.run_id} KILLED; {then}"
+    if stopped.requeue:
+        then = "Slurm requeues the job and it resumes in this run"
+    return f"Stopped by {stopped}{where}; run {tracker.run_id} KILLED; {then}"
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -26,7 +26,8 @@ from pathlib import Path
 PROGRAMS = ("munged", "mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "slurmctld", "slurmd",
             "sinfo", "sbatch", "sacct", "scancel")
 CLUSTER_NAME = "cifarexp"
-DB_PASSWORD = "cifar_exp_test"  # a loopback-only throwaway database
+DB_PASSWORD = "cifar_exp_test"
+CPUS_PER_NODE = 8  # a loopback-only throwaway database
 
 
 def missing() -> str | None:
@@ -90,9 +91,12 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _node_line() -> str:
+def _node_line(cpus: int) -> str:
+    """This host as `slurmd -C` describes it, with `cpus` CPUs (one core each)."""
     out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
-    return out.splitlines()[0].strip()  # NodeName=... CPUs=... RealMemory=...
+    words = out.splitlines()[0].split()  # NodeName=... CPUs=... Boards=... CoresPerSocket=... RealMemory=...
+    keep = [w for w in words if w.split("=")[0] in ("NodeName", "RealMemory")]
+    return " ".join(keep + [f"CPUs={cpus}", "Boards=1", "SocketsPerBoard=1", f"CoresPerSocket={cpus}", "ThreadsPerCore=1"])
 
 
 def start(root: Path | None = None) -> dict[str, str]:
@@ -154,7 +158,9 @@ def start(root: Path | None = None) -> dict[str, str]:
         "KillWait=10\nMinJobAge=3600\nSchedulerParameters=sched_interval=2\n"  # SIGTERM..SIGKILL: 10 s
         f"AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\n"
         f"AccountingStoragePort={ports['dbd']}\nAccountingStoragePass={munge_socket}\n"
-        f"JobCompType=jobcomp/none\n{_node_line()} State=UNKNOWN\n"
+        # A test sweep's jobs run side by side whatever this machine's core count (they are small):
+        # config_overrides lets the node claim CPUS_PER_NODE without being drained for it.
+        f"SlurmdParameters=config_overrides\nJobCompType=jobcomp/none\n{_node_line(CPUS_PER_NODE)} State=UNKNOWN\n"
         f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n")
     env = client_env(root)
     daemon_env = dict(env)
