@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 PROGRAMS = ("munged", "mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "slurmctld", "slurmd",
             "sinfo", "sbatch", "sacct", "scancel")
 CLUSTER_NAME = "cifarexp"
@@ -190,6 +192,24 @@ def stop(root: Path | None = None) -> None:
             except OSError:
                 break
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The environment (SLURM_CONF) of a single-node Slurm with accounting: one already up, else one
+    started here and stopped after the session (CIFAR_EXP_SLURM_KEEP=1 leaves it up for the next)."""
+    found = existing()
+    if found:
+        yield found
+        return
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    root = default_dir()
+    env = start(root)
+    yield env
+    if not os.environ.get("CIFAR_EXP_SLURM_KEEP"):
+        stop(root)
 
 
 if __name__ == "__main__":

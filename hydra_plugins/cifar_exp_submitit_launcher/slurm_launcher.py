@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def __call__(self, sweep_overrides, job_dir_key, job_num, job_id, singleton_state) -> JobReturn:
+        import submitit
+
         from cifar_exp import signals
 
         signals.install_slurm()  # submitit set its handlers before calling this
@@ -32,7 +34,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
         except signals.Stopped as stopped:  # its run is closed KILLED (job.run_job), if it had one
             signals.report(stopped)
-            self._record(list(sweep_overrides), job_num, "KILLED", stopped)
+            if submitit.JobEnvironment().global_rank == 0:  # the other tasks of a multi-worker job log nothing
+                self._record(list(sweep_overrides), job_num, "KILLED", stopped)
             signals.requeue(stopped)  # exits here when requeued
             return JobReturn(overrides=list(sweep_overrides), status=JobStatus.COMPLETED, _return_value=math.nan)
 
