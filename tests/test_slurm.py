@@ -3,16 +3,15 @@ what `scancel`, a requeue and a time limit leave in MLflow, in the sweep's summa
 
 The time-limited sweep is started first and runs beside the other test's sweep (a 2-minute limit
 is the shortest Slurm signals reliably before; CI's time budget)."""
-import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import SMOKE, tracking_uri
-
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+from conftest import CONF, SMOKE, tracking_uri
+from cifar_exp.signals import Stopped
 
 BASE = [arg for arg in SMOKE if not arg.startswith("trainer.epochs=")]
 
@@ -70,6 +69,26 @@ def _queue_drains(env, name, timeout=120) -> str:
         time.sleep(1)
 
 
+@pytest.mark.filterwarnings("ignore:.*validated against ConfigStore schema")  # cifar_exp/__init__.py's filter
+def test_the_launcher_defaults_fit_a_one_minute_limit_and_requeue():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        launcher = compose("config", ["hydra/launcher=submitit_slurm"], return_hydra_config=True).hydra.launcher
+    assert launcher._target_.startswith("hydra_plugins.cifar_exp_submitit_launcher.")
+    # Slurm checks limits about every 30 s: a warning due later than that before a 1-minute limit
+    # can arrive while Python starts (and kill it) or together with the limit's SIGTERM.
+    assert 0 < launcher.signal_delay_s <= 30
+    assert launcher.max_num_timeout > 0  # jobs resume from their checkpoints: requeue them
+
+
+def test_a_stop_without_a_checkpoint_to_resume_is_not_requeued_and_says_why():
+    stopped = Stopped(signal.SIGUSR2, "Slurm time limit: requeued, resumes from its checkpoint in this run", True)
+    stopped.cannot_resume("trainer.checkpoint=false")
+    assert not stopped.requeue
+    assert str(stopped) == "SIGUSR2 (Slurm time limit: not requeued (trainer.checkpoint=false))"
+
+
 @pytest.fixture(scope="module")
 def time_limited_sweep(slurm_cluster, tmp_path_factory):
     """A one-job sweep that outlives its 2-minute limit, without requeue (max_num_timeout=0)."""
@@ -80,6 +99,8 @@ def time_limited_sweep(slurm_cluster, tmp_path_factory):
     head.kill()
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_scancel_kills_one_jobs_run_the_sweep_goes_on_and_a_requeued_job_resumes_in_its_run(
         slurm_cluster, time_limited_sweep, tmp_path):
     env, name = slurm_cluster, "cifar_exp_test_cancel"
@@ -111,6 +132,8 @@ def test_scancel_kills_one_jobs_run_the_sweep_goes_on_and_a_requeued_job_resumes
     assert f"resuming run {requeued.info.run_id}" in log
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_time_limit_without_requeue_leaves_the_run_killed_saying_time_limit(slurm_cluster, time_limited_sweep):
     head, uri = time_limited_sweep
     output = head.communicate(timeout=400)[0]
