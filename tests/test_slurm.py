@@ -69,7 +69,7 @@ def _queue_drains(env, name, timeout=120) -> str:
         time.sleep(1)
 
 
-@pytest.mark.filterwarnings("ignore:.*validated against ConfigStore schema")  # cifar_exp/__init__.py's filter
+@pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/submitit_slurm' is validated")  # cifar_exp/__init__.py's filter
 def test_the_launcher_defaults_fit_a_one_minute_limit_and_requeue():
     from hydra import compose, initialize_config_dir
 
