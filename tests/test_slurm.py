@@ -104,7 +104,7 @@ def time_limited_sweep(slurm_cluster, tmp_path_factory):
 def test_scancel_kills_one_jobs_run_the_sweep_goes_on_and_a_requeued_job_resumes_in_its_run(
         slurm_cluster, time_limited_sweep, tmp_path):
     env, name = slurm_cluster, "cifar_exp_test_cancel"
-    head, uri = _sweep(tmp_path, env, name, "trainer.epochs=100000,40")
+    head, uri = _sweep(tmp_path, env, name, "trainer.epochs=100000,20")
     try:
         # The first job (the one whose loss made Hydra's launcher give up on the rest): scancel'ed.
         _until(lambda: _epochs(uri, 0) >= 2, "job 0 training", head)
@@ -127,7 +127,7 @@ def test_scancel_kills_one_jobs_run_the_sweep_goes_on_and_a_requeued_job_resumes
     assert cancelled.info.status == "KILLED" and "SIGTERM" in cancelled.data.tags["error"]
     assert requeued.info.status == "FINISHED" and "error" not in requeued.data.tags
     steps = [m.step for m in client.get_metric_history(requeued.info.run_id, "loss")]
-    assert sorted(steps) == list(range(1, 41))  # every epoch once: resumed, nothing logged twice
+    assert sorted(steps) == list(range(1, 21))  # every epoch once: resumed, nothing logged twice
     log = (tmp_path / "sweep" / "1" / "main.log").read_text()
     assert f"resuming run {requeued.info.run_id}" in log
 
