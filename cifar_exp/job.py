@@ -25,7 +25,7 @@ from cifar_exp.tracking import runs as tracking
 from cifar_exp.tracking.run_info import git_state
 from cifar_exp.training import checkpoints, outcome
 from cifar_exp.training.backend_setup import keras_backend
-from cifar_exp.training.distribute import is_chief
+from cifar_exp.training.distribute import is_chief, worker_name
 from cifar_exp.validate import check_devices, validate
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ def run_job(cfg, context: JobContext) -> float:
         value = float(metrics[cfg.optimized_metric])
     except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP (signals.Stopped): ends a sweep too
         stopped = signals.as_stopped(error)
+        if checkpoint_dir is None:  # a requeued job would start over in this run: not requeued
+            stopped.cannot_resume("trainer.checkpoint=false")
         tracker.finish("KILLED", stopped)
         _write_status(context, "KILLED", stopped, tracker.run_id)
         stopped.summary = stop_line(cfg, context, stopped, tracker, resumable=checkpoint_dir is not None)
@@ -180,7 +182,9 @@ def stop_line(cfg, context: JobContext, stopped: signals.Stopped, tracker, resum
     else:
         then = (f"to resume, re-run it with hydra.run.dir={context.output_dir} (or resume={tracker.run_id})"
                 if context.output_dir else f"to resume, re-run it with resume={tracker.run_id}")
-    return f"Stopped by {stopped.name}{where}; run {tracker.run_id} KILLED; {then}"
+    if stopped.requeue:
+        then = "Slurm requeues the job and it resumes in this run"
+    return f"Stopped by {stopped}{where}; run {tracker.run_id} KILLED; {then}"
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -227,18 +231,15 @@ def configure_backend(cfg, context: JobContext) -> dict[str, str]:
 
 def _run_as_worker(cfg, context: JobContext) -> float:
     """A non-chief worker of a multi-worker job: validates and trains in step with the chief, but opens
-    no MLflow run (the chief's run holds the results) and logs nothing there."""
+    no MLflow run (the chief's run holds the results) and logs nothing there. On Slurm the workers of
+    a job share its folder: the chief's job_status.json is the job's, and each worker checkpoints
+    into a folder of its own."""
     validate(cfg)
     configure_backend(cfg, context)
-    checkpoint_dir = checkpoints.folder(context.output_dir, config_hash(cfg)) if cfg.trainer.checkpoint else None
-    try:
-        metrics = run_task(cfg, tracking.NullTracker(), checkpoint_dir)
-    except BaseException as error:
-        _write_status(context, "FAILED", error)
-        raise
-    value = float(metrics[cfg.optimized_metric])
-    _write_status(context, "FINISHED", None, None, value)
-    return value
+    checkpoint_dir = (checkpoints.worker_folder(context.output_dir, config_hash(cfg), worker_name())
+                      if cfg.trainer.checkpoint else None)
+    metrics = run_task(cfg, tracking.NullTracker(), checkpoint_dir)
+    return float(metrics[cfg.optimized_metric])
 
 
 # Keys that do not change what a job computes: a run differing only in them is the same job.

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from slurm_cluster import slurm_cluster  # noqa: F401  (the `cluster` tests' Slurm fixture)
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 

@@ -49,8 +49,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_each_non_chief_worker_checkpoints_into_a_folder_of_its_own(monkeypatch, tmp_path):
+    from cifar_exp.training import checkpoints
+    from cifar_exp.training.distribute import worker_name
+
+    monkeypatch.setenv("TF_CONFIG", _tf_config("worker", 1))
+    chief, worker = checkpoints.folder(str(tmp_path), "abc"), checkpoints.worker_folder(str(tmp_path), "abc",
+                                                                                        worker_name())
+    assert worker == f"{chief}.worker1"  # beside the chief's, not in it: Keras removes that one after training
+    for folder in (chief, worker):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "checkpoint" / "other").mkdir()
+    assert checkpoints.others(str(tmp_path), "abc") == [str(tmp_path / "checkpoint" / "other")]  # not another config
+
+
 @pytest.mark.slow
 def test_two_workers_train_together_to_identical_weights_and_one_mlflow_run(tmp_path):
+    """As on Slurm (one job, one folder): both workers write in one output folder, each with its own tag."""
     uri = tracking_uri(tmp_path)
     cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(2)]}
     workers = []
@@ -59,7 +74,7 @@ def test_two_workers_train_together_to_identical_weights_and_one_mlflow_run(tmp_
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "cifar_exp", *SMOKE, "trainer.strategy=multi_worker", f"mlflow.tracking_uri={uri}",
-             f"hydra.run.dir={tmp_path}/worker{index}"],
+             f"hydra.run.dir={tmp_path}/job", f"+tags.worker={index}"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         outputs = [worker.communicate(timeout=600)[0] for worker in workers]
@@ -75,8 +90,9 @@ def test_two_workers_train_together_to_identical_weights_and_one_mlflow_run(tmp_
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["weights_sha256"] == digests[0][0]
     assert runs[0].data.metrics["test_accuracy"] > 0.2  # they learnt, together
-    status = json.loads((tmp_path / "worker1" / "job_status.json").read_text())
-    assert status["status"] == "FINISHED" and status["run_id"] is None  # the other worker opened no run
+    assert runs[0].data.tags["worker"] == "0"  # the chief's: the other worker opened no run
+    status = json.loads((tmp_path / "job" / "job_status.json").read_text())
+    assert status["status"] == "FINISHED" and status["run_id"] == runs[0].info.run_id  # the chief's record
 
 
 def test_without_tf_config_a_slurm_step_describes_the_cluster(monkeypatch):

@@ -26,6 +26,14 @@ def folder(output_dir: str | None, digest: str) -> str | None:
     return str(Path(output_dir) / "checkpoint" / digest) if output_dir else None
 
 
+def worker_folder(output_dir: str | None, digest: str, worker: str) -> str | None:
+    """A non-chief worker's own checkpoint folder (`<digest>.<worker>`, e.g. `<digest>.worker1`): the
+    workers of one multi-worker job share its output folder (one Slurm job), and two writers of one
+    Keras backup corrupt it. Each worker restores its own copy of the same synchronised state."""
+    base = folder(output_dir, digest)
+    return f"{base}.{worker}" if base else None
+
+
 def others(output_dir: str | None, digest: str) -> list[str]:
     """Checkpoint folders of other configs in the same output folder (left alone)."""
     root = Path(output_dir or ".") / "checkpoint"
@@ -33,7 +41,7 @@ def others(output_dir: str | None, digest: str) -> list[str]:
         return []
     legacy = [str(root)] if any(root.glob("*.weights.h5")) else []  # written before folders per config
     return legacy + sorted(str(p) for p in root.iterdir()
-                           if p.is_dir() and p.name != digest and not p.name.endswith(".unreadable"))
+                           if p.is_dir() and p.name.split(".")[0] != digest and not p.name.endswith(".unreadable"))
 
 
 def _epoch(metadata: Path) -> int:

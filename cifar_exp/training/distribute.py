@@ -226,6 +226,12 @@ def _task() -> tuple[str, int, bool]:
     return "worker", int(os.environ.get("SLURM_PROCID", "0")), False
 
 
+def worker_name() -> str:
+    """This process's task in a multi-worker job, as `worker1` or `chief0` (TF_CONFIG, else SLURM)."""
+    task_type, index, _ = _task()
+    return f"{task_type}{index}"
+
+
 def is_chief(strategy_name: str) -> bool:
     """Whether this process logs to MLflow and saves the model: always, except on a multi-worker job's
     other workers (the chief is task `chief`, or worker 0 when the cluster names none)."""
