@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from postgres_engine import postgres_server  # noqa: F401 (a session fixture: a throwaway PostgreSQL server)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
