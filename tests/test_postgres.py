@@ -38,6 +38,14 @@ def test_a_run_name_longer_than_mlflows_column_is_shortened_and_kept_whole_in_a_
     assert tags == {FULL_RUN_NAME_TAG: "optimizer.lr=0.1," + "y" * 300}
 
 
+def test_a_user_tag_may_not_take_the_name_of_the_full_run_name_tag():
+    from cifar_exp.errors import ConfigError
+    from cifar_exp.job import user_tags
+
+    with pytest.raises(ConfigError, match="tags.full_run_name"):
+        user_tags(compose([*SMOKE, "+tags.full_run_name=mine"]), {})
+
+
 @pytest.mark.parametrize("key, value, allowed", [
     ("mlflow.tracking_uri", f"postgres://lab:{SECRET}@db.example/mlflow", "postgresql://user:password@host"),
     ("mlflow.experiment_name", "e" * 257, "at most 256 characters"),
