@@ -14,6 +14,7 @@ from cifar_exp.models.builders import check_model
 from cifar_exp.models.initializers import check_init
 from cifar_exp.spl.weighting import check_weighting
 from cifar_exp.tasks import TASKS, load
+from cifar_exp.tracking.databases import EXPERIMENT_NAME_LENGTH, check_driver
 from cifar_exp.training.backend_setup import check_backend_settings
 from cifar_exp.training.distribute import STRATEGIES
 from cifar_exp.training.optim import check_optimizer, check_schedule
@@ -68,8 +69,12 @@ def validate(cfg) -> None:
                           + ", ".join(sorted(TRIAL_FIELDS)) + ")")
     if not (isinstance(cfg.mlflow.tracking_uri, str) and cfg.mlflow.tracking_uri):
         raise ConfigError("mlflow.tracking_uri", cfg.mlflow.tracking_uri, "a tracking URI such as sqlite:///mlflow.db")
-    if not (isinstance(cfg.mlflow.experiment_name, str) and cfg.mlflow.experiment_name):
-        raise ConfigError("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
+    check_driver("mlflow.tracking_uri", cfg.mlflow.tracking_uri)  # postgresql:// needs the postgres extra
+    name = cfg.mlflow.experiment_name
+    if not (isinstance(name, str) and 0 < len(name) <= EXPERIMENT_NAME_LENGTH):
+        # A database store holds 256 characters (sqlite ignores the limit, PostgreSQL refuses the run).
+        raise ConfigError("mlflow.experiment_name", name,
+                          f"a non-empty name of at most {EXPERIMENT_NAME_LENGTH} characters")
     for group, check in (("model", check_model), ("init", check_init), ("optimizer", check_optimizer),
                          ("lr_schedule", lambda c: check_schedule(c, trainer.epochs)),
                          ("dataset", check_dataset), ("weighting", lambda c: check_weighting(c, trainer.epochs))):

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from postgres_engine import postgres_server  # noqa: F401 (a session fixture: a throwaway PostgreSQL server)
 
 from slurm_cluster import slurm_cluster  # noqa: F401  (the `cluster` tests' Slurm fixture)
 

@@ -213,7 +213,9 @@ def slurm_cluster():
         return
     reason = missing()
     if reason:
-        pytest.skip(reason)
+        from postgres_engine import absent  # skips, or fails where CI promised the engines
+
+        absent(reason)
     root = default_dir()
     env = start(root)
     yield env

@@ -1,8 +1,11 @@
 """What can be checked of the Docker set-up without a Docker engine: the Dockerfile's base tag is the
 pinned TensorFlow, it installs as the README does and runs as a non-root user with the CLI as
-entrypoint; the compose file parses, names the services the README describes, keeps secrets out."""
+entrypoint; the compose file parses, names the services the README describes, keeps secrets out,
+and its MLflow image installs the PostgreSQL driver SQLAlchemy opens postgresql:// with."""
 import json
 import re
+import shlex
+from importlib import metadata
 
 import pytest
 import yaml
@@ -45,6 +48,30 @@ def pinned_tensorflow() -> str:
     pins = re.findall(r'"tensorflow\s*==\s*([^"\s;]+)"', (ROOT / "pyproject.toml").read_text())
     assert len(pins) == 1, pins
     return pins[0]
+
+
+def postgres_extra() -> list[str]:
+    """The requirements of pyproject.toml's `postgres` extra (regex: tomllib needs Python 3.11)."""
+    found = re.search(r"^postgres\s*=\s*\[(.*?)\]", (ROOT / "pyproject.toml").read_text(), flags=re.M | re.S)
+    assert found, "pyproject.toml has no `postgres` extra"
+    return re.findall(r'"([^"]+)"', found.group(1))
+
+
+def pip_installs(dockerfile: str) -> dict[str, str]:
+    """{canonical project name: requirement} of every `pip install` in a Dockerfile's RUN lines,
+    compose's ${VAR:-default} read as its default."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    installed = {}
+    for name, args in dockerfile_instructions(dockerfile):
+        words = shlex.split(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", args)) if name == "RUN" else []
+        if words[:2] == ["pip", "install"]:
+            for word in words[2:]:
+                if not word.startswith("-"):
+                    requirement = Requirement(word)
+                    installed[canonicalize_name(requirement.name)] = requirement
+    return installed
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +142,21 @@ def test_the_training_container_logs_to_the_teams_server(compose):
     assert "mlflow" in train["depends_on"]
     allowed = compose["services"]["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"]
     assert "mlflow:5000" in allowed  # the Host header the training container sends
+
+
+def test_the_tracking_servers_image_installs_the_driver_sqlalchemy_opens_postgresql_urls_with(compose):
+    """`mlflow server --backend-store-uri postgresql://...` exits at start without the driver SQLAlchemy
+    maps that scheme to (psycopg 3 since SQLAlchemy 2.1; psycopg2-binary, installed before, is not it)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from sqlalchemy.engine import make_url
+
+    installed = pip_installs(compose["services"]["mlflow"]["build"]["dockerfile_inline"])
+    assert "mlflow" in installed
+    for wanted in map(Requirement, postgres_extra()):  # the image installs the postgres extra, as written
+        assert str(installed.get(canonicalize_name(wanted.name))) == str(wanted), wanted
+    driver = make_url("postgresql://user@host/db").get_dialect().driver  # the module SQLAlchemy imports
+    providers = {canonicalize_name(d) for d in metadata.packages_distributions().get(driver, [driver])}
+    assert providers & set(installed), f"SQLAlchemy opens postgresql:// with {driver}; the image installs {installed}"
+    assert not {"psycopg2", "psycopg2-binary"} & set(installed)
+    assert "binary" in installed["psycopg"].extras  # prebuilt: python:3.11-slim has no libpq to build against

@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 
 from cifar_exp.errors import ConfigError
+from cifar_exp.tracking.databases import error_line, fitting_run_name, schema_lock
 
 # scheme://user:password@host, also as Hydra writes overrides (scheme\://user\:password@host).
 _PASSWORD_IN_URL = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*\\?://[^/\s:@\\]+\\?:)(?P<secret>[^@\s/]+)(?P<tail>@)")
@@ -117,14 +118,14 @@ def connect(tracking_uri: str):
             raise ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
                               f"a sqlite:/// path in an existing folder ({folder} does not exist)")
     try:
-        with _quick_http_failure(), sqlite_creation_lock(tracking_uri):
+        with _quick_http_failure(), sqlite_creation_lock(tracking_uri), schema_lock(tracking_uri, "mlflow"):
             client = MlflowClient(tracking_uri)
             client.search_experiments(max_results=1)
     except Exception as error:
         raise ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
                           "a reachable MLflow tracking store (sqlite:///file.db, a folder, or "
                           "http://host:port of a running `mlflow server`); it failed with: "
-                          f"{mask_secrets(str(error).splitlines()[0] if str(error) else type(error).__name__)}") from None
+                          f"{mask_secrets(error_line(error))}") from None
     return client
 
 
@@ -163,9 +164,8 @@ def refused(error: Exception, tracking_uri: str) -> ConfigError:
     file, a server gone or refusing), as the one line a user sees."""
     if isinstance(error, ConfigError):
         return error
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
-                       f"a tracking store this job can write runs to; it refused with: {mask_secrets(first)}")
+    return ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri), "a tracking store this job can write "
+                       f"runs to; it refused with: {mask_secrets(error_line(error))}")
 
 
 def runs_with_tag(client, experiment: str, key: str, value: str):
@@ -199,8 +199,9 @@ class RunTracker:
     @classmethod
     def start(cls, client, experiment_name: str, run_name: str, tags: dict[str, str], output_dir: str | None = None):
         experiment = experiment_id(client, experiment_name)
-        run = _retry(lambda: client.create_run(experiment, run_name=mask_secrets(run_name),
-                                               tags={k: mask_secrets(v) for k, v in tags.items()}))
+        name, name_tags = fitting_run_name(mask_secrets(run_name))  # a database's column holds 250 characters
+        tags = {k: mask_secrets(v) for k, v in {**tags, **name_tags}.items()}
+        run = _retry(lambda: client.create_run(experiment, run_name=name, tags=tags))
         return cls(client, run.info.run_id, output_dir)
 
     def set_tags(self, tags: dict) -> None:

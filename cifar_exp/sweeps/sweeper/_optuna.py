@@ -49,11 +49,13 @@ def open_storage(location: str):
     import optuna
 
     if is_database_url(location):
+        from cifar_exp.tracking.databases import opening_storage
         from cifar_exp.tracking.runs import sqlite_creation_lock
 
         engine_kwargs = {"connect_args": {"timeout": 60}} if location.startswith("sqlite") else None
-        # Workers started together race to create a new sqlite study's tables (alembic).
-        with sqlite_creation_lock(location):
+        # Workers started together race to create a new study's tables (alembic): a file lock for
+        # sqlite, an advisory lock for PostgreSQL (opening_storage also checks the driver).
+        with sqlite_creation_lock(location), opening_storage(location, "hydra.sweeper.storage"):
             return optuna.storages.RDBStorage(location, engine_kwargs=engine_kwargs)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
