@@ -58,7 +58,8 @@ def cli() -> None:
     sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
     try:
         check_command_line(sys.argv[1:])
-    except (overrides.UnknownKeyError, overrides.RemovedOptionError) as error:
+    except (overrides.UnknownKeyError, overrides.RemovedOptionError, overrides.ConfigFileError,
+            overrides.LauncherInSweptOverlayError) as error:
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)
     signals.install()
@@ -77,7 +78,9 @@ def cli() -> None:
 def check_command_line(args: list[str]) -> None:
     """Refuse unknown keys before Hydra composes (its hint for them is to add them with `+`),
     and hand a multirun's swept keys to its jobs (through the environment, which every
-    launcher passes on). Anything this cannot compose is left to Hydra to report."""
+    launcher passes on). A config file that cannot be composed (bad YAML, a defaults entry naming a
+    missing option) and a launcher chosen in a swept overlay are refused in one line; anything else
+    this cannot compose is left to Hydra to report."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -108,9 +111,14 @@ def check_command_line(args: list[str]) -> None:
         try:
             params = overrides.check_keys(command_line, composed, loader.get_group_options)
             swept = overrides.swept_keys(parsed.overrides, params)
-        except overrides.UnknownKeyError:
+            if parsed.multirun:
+                overrides.check_launcher(command_line, composed, loader.get_group_options, params)
+        except (overrides.UnknownKeyError, overrides.LauncherInSweptOverlayError):
             raise
-        except Exception:  # bad syntax, an unknown option, ...: Hydra's own message says it
+        except Exception as error:  # bad YAML, a missing option: one line; anything else: Hydra's own message
+            message = overrides.describe_compose_error(error, [parsed.config_dir] if parsed.config_dir else [])
+            if message:
+                raise overrides.ConfigFileError(message) from None
             return
     if swept:
         os.environ[overrides.SWEPT_KEYS_ENV] = ",".join(swept)
