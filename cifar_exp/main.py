@@ -1,4 +1,5 @@
-"""Entry point: `python -m cifar_exp [overrides]`, `cifar-exp [overrides]`, `cifar-exp report ...`.
+"""Entry point: `python -m cifar_exp [overrides]`, `cifar-exp [overrides]`, `cifar-exp report ...`,
+`cifar-exp sync FOLDER...`.
 
 The only module that touches Hydra's runtime state; the work is in job.run_job.
 """
@@ -21,6 +22,7 @@ def main(cfg: DictConfig) -> float:
     from cifar_exp.errors import ConfigError
     from cifar_exp.job import JobContext, run_job
     from cifar_exp.overrides import SWEPT_KEYS_ENV
+    from cifar_exp.tracking.outbox import StoreUnavailable
     from cifar_exp.training.outcome import TrainingDiverged
 
     hydra_cfg = HydraConfig.get()
@@ -40,6 +42,9 @@ def main(cfg: DictConfig) -> float:
 
         print(f"Error: {mask_secrets(error)}", file=sys.stderr)
         sys.exit(2)
+    except StoreUnavailable as error:  # trained; what its store did not take waits in the job folder
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(1)
     except TrainingDiverged as error:  # recorded FAILED, its hint logged by run_job: no traceback
         print(f"Error: training diverged: {error}", file=sys.stderr)
         sys.exit(1)
@@ -50,6 +55,10 @@ def cli() -> None:
         from cifar_exp.sweeps.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "sync":
+        from cifar_exp.tracking.outbox import main as sync_main
+
+        sys.exit(sync_main(sys.argv[2:]))
     from cifar_exp import overrides, signals
 
     # TensorFlow's C++ INFO lines (oneDNN, CUDA stubs, memory patches) drown a job's own lines;

@@ -12,6 +12,8 @@ import time
 from contextlib import contextmanager
 
 from cifar_exp.errors import ConfigError
+from cifar_exp.tracking import health, outbox
+from cifar_exp.tracking.outbox import StoreUnavailable  # noqa: F401 - raised by finish("FINISHED")
 
 # scheme://user:password@host, also as Hydra writes overrides (scheme\://user\:password@host).
 _PASSWORD_IN_URL = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*\\?://[^/\s:@\\]+\\?:)(?P<secret>[^@\s/]+)(?P<tail>@)")
@@ -116,6 +118,7 @@ def connect(tracking_uri: str):
         if not os.path.isdir(folder):
             raise ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
                               f"a sqlite:/// path in an existing folder ({folder} does not exist)")
+    health.check_sqlite(tracking_uri)  # a damaged file: refused before any run writes into it
     try:
         with _quick_http_failure(), sqlite_creation_lock(tracking_uri):
             client = MlflowClient(tracking_uri)
@@ -183,7 +186,8 @@ class RunTracker:
     """
 
     def __init__(self, client, run_id: str, output_dir: str | None = None):
-        self.client, self.run_id, self.output_dir = client, run_id, output_dir
+        # Writes the store cannot take wait in the job folder (tracking/outbox.py): training goes on.
+        self.client, self.run_id, self.output_dir = outbox.buffered(client, run_id, output_dir), run_id, output_dir
         self.pending: list = []
 
     @classmethod
@@ -194,7 +198,10 @@ class RunTracker:
         stale = [key for key in ("error", "failure_hint") if key in client.get_run(run_id).data.tags]
         for key in stale:
             _retry(lambda key=key: client.delete_tag(run_id, key))
-        return cls(client, run_id, output_dir)
+        tracker = cls(client, run_id, output_dir)
+        if output_dir:  # what an earlier process of this job could not send
+            tracker.client.resume_outbox()
+        return tracker
 
     @classmethod
     def start(cls, client, experiment_name: str, run_name: str, tags: dict[str, str], output_dir: str | None = None):
