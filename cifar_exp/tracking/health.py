@@ -73,4 +73,4 @@ def _quick_check(path: str, inode: int) -> str | None:
             rows = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
     except sqlite3.DatabaseError as error:  # not a database at all, or a damaged header
         return str(error)
-    return None if rows == ["ok"] else "; ".join(rows)
+    return None if rows == ["ok"] else "; ".join(" ".join(row.split()) for row in rows)
