@@ -25,6 +25,9 @@ def main(cfg: DictConfig) -> float:
     from cifar_exp.tracking.outbox import StoreUnavailable
     from cifar_exp.training.outcome import TrainingDiverged
 
+    from cifar_exp.training.backend_setup import move_caches_off_unwritable_home
+
+    move_caches_off_unwritable_home()  # before validate (trainer.compile_cache=auto) and any Keras import
     hydra_cfg = HydraConfig.get()
     context = JobContext(
         overrides=list(hydra_cfg.overrides.task),

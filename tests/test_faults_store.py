@@ -231,3 +231,19 @@ def test_quick_check_finds_one_damaged_page_and_passes_a_sound_store(tmp_path):
     health._quick_check.cache_clear()
     with pytest.raises(ConfigError, match="quick_check"):
         health.check_sqlite(f"sqlite:///{path}")
+
+
+@pytest.mark.slow
+def test_a_home_that_cannot_hold_caches_moves_them_with_one_warning_and_the_job_runs(tmp_path):
+    home = tmp_path / "home"
+    home.write_text("a file where HOME's folder is expected: even root cannot create ~/.cache in it\n")
+    uri = tracking_uri(tmp_path)
+    result = run_cli([*SMOKE, "trainer.epochs=1", f"mlflow.tracking_uri={uri}"], cwd=tmp_path, timeout=600,
+                     env={"HOME": str(home), "XDG_CACHE_HOME": "", "KERAS_HOME": "", "MPLCONFIGDIR": ""})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    warnings = [line for line in output.splitlines() if "cannot hold caches" in line]
+    assert len(warnings) == 1 and f"HOME ({home})" in warnings[0]
+    assert "XDG_CACHE_HOME, KERAS_HOME, MPLCONFIGDIR" in warnings[0]
+    assert "compile_cache" not in output and "Matplotlib created a temporary" not in output
+    assert [run.info.status for run in all_runs(uri)[1]] == ["FINISHED"]
