@@ -247,3 +247,39 @@ def test_a_home_that_cannot_hold_caches_moves_them_with_one_warning_and_the_job_
     assert "XDG_CACHE_HOME, KERAS_HOME, MPLCONFIGDIR" in warnings[0]
     assert "compile_cache" not in output and "Matplotlib created a temporary" not in output
     assert [run.info.status for run in all_runs(uri)[1]] == ["FINISHED"]
+
+
+def test_a_replayed_outbox_sends_each_metric_step_once(tmp_path):
+    """A write that landed but never answered (a timeout) waits too: replaying it adds nothing twice."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from cifar_exp.tracking import outbox
+
+    client = MlflowClient(tracking_uri(tmp_path))
+    run_id = client.create_run(client.create_experiment("replay")).info.run_id
+    landed = [Metric("loss", 2.0, 1000, 1), Metric("loss", 1.5, 2000, 2)]
+    client.log_batch(run_id, metrics=landed)
+    box = outbox.Outbox(str(tmp_path), run_id, client.tracking_uri)
+    box.add({"op": "log_batch", "metrics": [[m.key, m.value, m.timestamp, m.step] for m in landed]})
+    box.add({"op": "log_batch", "metrics": [["loss", 1.0, 3000, 3]], "params": [["lr", "0.1"]]})
+    box.add({"op": "set_terminated", "status": "FINISHED", "end_time": 4000})
+    assert outbox.sync([str(tmp_path)]) == 0
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 2.0), (2, 1.5), (3, 1.0)]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    assert not (tmp_path / outbox.OUTBOX).exists()
+
+
+@pytest.mark.parametrize("error, kind", [
+    (sqlite3.OperationalError("database or disk is full"), "full"),
+    (OSError(28, "No space left on device"), "full"),
+    (sqlite3.DatabaseError("database disk image is malformed"), "damaged"),
+    (ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded"), "unreachable"),
+    (sqlite3.OperationalError("database is locked"), None),  # busy, not an outage: retried as before
+    (ValueError("Changing param values is not allowed"), None),
+])
+def test_store_failures_are_told_apart(error, kind):
+    from cifar_exp.tracking import health
+
+    assert health.failure_kind(error) == kind
