@@ -42,16 +42,21 @@ def _short_requests():
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, round(timeout))))
     # MLflow's own loggers print a traceback for each refused sqlite write: one warning of ours says it.
     mlflow_log = logging.getLogger("mlflow")
-    level, mlflow_log.level = mlflow_log.level, logging.CRITICAL
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
         mlflow_log.setLevel(level)
         for name, value in saved.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def what_failed(kind: str, tracking_uri: str) -> str:
+    """'the store's disk is full (PATH)' and the like, for a health kind."""
     from cifar_exp.tracking.runs import mask_secrets
 
     path = health.sqlite_path(tracking_uri)
@@ -62,10 +67,11 @@ def what_failed(kind: str, tracking_uri: str) -> str:
 
 
 def what_to_do(kind: str, tracking_uri: str, job_folder: str) -> str:
+    """The repair, then the command that sends what waits in `job_folder`."""
     path = health.sqlite_path(tracking_uri)
     if kind == health.DAMAGED:
-        return (f"{health.repair_hint(path) if path else 'repair the server’s store'}; then `cifar-exp sync {job_folder}` "
-                f"sends what waits there")
+        repair = health.repair_hint(path) if path else "repair the server's database"
+        return f"{repair}; then `cifar-exp sync {job_folder}` sends what waits there"
     first = "free space on its disk" if kind == health.FULL else "once it answers"
     return (f"{first}, re-run the same command (it resumes the run) or run `cifar-exp sync {job_folder}` "
             f"to send it and close the run")
@@ -129,13 +135,13 @@ class Outbox:
         """Send the waiting writes in order; returns how many wait still (0: all sent). Metric
         values the store holds already (a write that landed but did not answer) are not sent
         again. `closing=False` (a resumed job) drops the waiting close: the job closes the run."""
-        ops = self.ops()
+        ops, held = self.ops(), {}
         while ops:
             op = ops[0]
             if op["op"] != "set_terminated" or closing:
                 try:
                     with _short_requests():
-                        _replay(client, self.run_id, op)
+                        _replay(client, self.run_id, op, held)
                 except Exception as error:
                     self.last_failure = health.failure_kind(error)
                     if self.last_failure is None:
@@ -146,18 +152,21 @@ class Outbox:
         return len(ops)
 
 
-def _replay(client, run_id: str, op: dict) -> None:
+def _replay(client, run_id: str, op: dict, held: dict[str, set]) -> None:
+    """Send one journalled write. `held`: (step, timestamp) of each metric key in the store, read
+    once per key and kept up to date, so that a metric value is never stored twice."""
     from mlflow.entities import Metric, Param, RunTag
 
     kind = op["op"]
     if kind == "log_batch":
         metrics = [Metric(*m) for m in op.get("metrics", [])]
-        if metrics:
-            held = {(m.key, m.step, m.timestamp) for key in {m.key for m in metrics}
-                    for m in client.get_metric_history(run_id, key)}
-            metrics = [m for m in metrics if (m.key, m.step, m.timestamp) not in held]
+        for key in {m.key for m in metrics} - set(held):
+            held[key] = {(m.step, m.timestamp) for m in client.get_metric_history(run_id, key)}
+        metrics = [m for m in metrics if (m.step, m.timestamp) not in held[m.key]]
         client.log_batch(run_id, metrics=metrics, params=[Param(*p) for p in op.get("params", [])],
                          tags=[RunTag(*t) for t in op.get("tags", [])])
+        for m in metrics:
+            held[m.key].add((m.step, m.timestamp))
     elif kind == "log_artifact":
         client.log_artifact(run_id, op["path"], op.get("artifact_path"))
     elif kind == "set_terminated":

@@ -32,7 +32,8 @@ def check_backend_settings(trainer) -> None:
     if cache not in (None, "auto") and Path(cache).expanduser().exists() and not Path(cache).expanduser().is_dir():
         raise ConfigError("trainer.compile_cache", cache, "auto, a folder (this is a file), or null")
     if cache is not None and not _creatable(cache_folder(cache)):
-        raise ConfigError("trainer.compile_cache", cache, "auto, a folder this user can create or write to, or null")
+        where = f" (auto is {cache_folder(cache)}, not writable: set XDG_CACHE_HOME)" if cache == "auto" else ""
+        raise ConfigError("trainer.compile_cache", cache, f"a folder this user can create or write to{where}, or null")
     memory = trainer.get("gpu_memory", "auto")
     fraction = isinstance(memory, (int, float)) and not isinstance(memory, bool)
     if not (memory in GPU_MEMORY or fraction and 0 < memory <= 1):
