@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cifar_exp.tracking import health
+from cifar_exp.tracking.secrets import mask_secrets
 
 log = logging.getLogger(__name__)
 OUTBOX = "mlflow_outbox"
@@ -57,8 +58,6 @@ def _short_requests():
 
 def what_failed(kind: str, tracking_uri: str) -> str:
     """'the store's disk is full (PATH)' and the like, for a health kind."""
-    from cifar_exp.tracking.runs import mask_secrets
-
     path = health.sqlite_path(tracking_uri)
     store = path or mask_secrets(tracking_uri)
     return {health.FULL: f"the store's disk is full ({store})",
@@ -228,10 +227,9 @@ class BufferedClient:
             self.outbox.add(op)
             if self.failure is None:
                 first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-                from cifar_exp.tracking.runs import mask_secrets
-
-                log.warning("%s: %s; training goes on, run %s's writes wait in %s", what_failed(kind, self.raw.tracking_uri),
-                            mask_secrets(first), self.outbox.run_id, self.outbox.folder)
+                log.warning("%s: %s; training goes on, run %s's writes wait in %s",
+                            what_failed(kind, self.raw.tracking_uri), mask_secrets(first), self.outbox.run_id,
+                            self.outbox.folder)
             self.failure = kind
             if budget is not None and self.spent_s >= budget and not self.gave_up:
                 self.gave_up = True
@@ -314,7 +312,8 @@ def sync(folders: list[str]) -> int:
             left = outbox.send(MlflowClient(meta["tracking_uri"]))
         except Exception as error:  # refused for another reason than an outage: said, and the rest goes on
             left = len(outbox.ops())
-            print(f"run {meta['run_id']}: the store refused a write: {str(error).splitlines()[0] if str(error) else error}")
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"run {meta['run_id']}: the store refused a write: {mask_secrets(first)}")
         if left:
             waiting += 1
             print(f"run {meta['run_id']}: {len(ops) - left} of {len(ops)} writes sent, {left} wait in {folder}")

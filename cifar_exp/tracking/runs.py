@@ -7,26 +7,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from contextlib import contextmanager
 
 from cifar_exp.errors import ConfigError
 from cifar_exp.tracking import health, outbox
 from cifar_exp.tracking.outbox import StoreUnavailable  # noqa: F401 - raised by finish("FINISHED")
+from cifar_exp.tracking.secrets import mask_secrets  # (moved: tracking/outbox.py needs it too)
 
-# scheme://user:password@host, also as Hydra writes overrides (scheme\://user\:password@host).
-_PASSWORD_IN_URL = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*\\?://[^/\s:@\\]+\\?:)(?P<secret>[^@\s/]+)(?P<tail>@)")
 log = logging.getLogger(__name__)
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 # MLflow 3's UI opens an experiment of unknown kind on its (empty) GenAI "Traces" page; this
 # kind opens it on its runs table (the values are the UI's ExperimentKind enum).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def mask_secrets(text: str) -> str:
-    """Hide the password of any URL such as postgresql://user:secret@host/db."""
-    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", str(text))
 
 
 class MaskingFormatter(logging.Formatter):
