@@ -23,9 +23,8 @@ def main(cfg: DictConfig) -> float:
     from cifar_exp.job import JobContext, run_job
     from cifar_exp.overrides import SWEPT_KEYS_ENV
     from cifar_exp.tracking.outbox import StoreUnavailable
-    from cifar_exp.training.outcome import TrainingDiverged
-
     from cifar_exp.training.backend_setup import move_caches_off_unwritable_home
+    from cifar_exp.training.outcome import TrainingDiverged
 
     move_caches_off_unwritable_home()  # before validate (trainer.compile_cache=auto) and any Keras import
     hydra_cfg = HydraConfig.get()
