@@ -72,8 +72,8 @@ def validate(cfg) -> None:
         raise ConfigError("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
     for key in ("request_timeout_s", "outage_budget_s"):
         value = cfg.mlflow.get(key)
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-            raise ConfigError(f"mlflow.{key}", value, "a number of seconds > 0")
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):
+            raise ConfigError(f"mlflow.{key}", value, "a finite number of seconds > 0")
     for group, check in (("model", check_model), ("init", check_init), ("optimizer", check_optimizer),
                          ("lr_schedule", lambda c: check_schedule(c, trainer.epochs)),
                          ("dataset", check_dataset), ("weighting", lambda c: check_weighting(c, trainer.epochs))):
