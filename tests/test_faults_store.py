@@ -283,3 +283,14 @@ def test_store_failures_are_told_apart(error, kind):
     from cifar_exp.tracking import health
 
     assert health.failure_kind(error) == kind
+
+
+@pytest.mark.parametrize("override", ["mlflow.request_timeout_s=0", "mlflow.outage_budget_s=inf",
+                                      "mlflow.outage_budget_s=abc", "mlflow.request_timeout_s=true"])
+def test_outage_waits_are_checked_before_anything_runs(override):
+    from cifar_exp.errors import ConfigError
+    from cifar_exp.validate import validate
+    from conftest import compose
+
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        validate(compose([*SMOKE, override]))
