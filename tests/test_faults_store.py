@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMOKE, all_runs, run_cli, tracking_uri
+from conftest import SMOKE, all_runs, compose, run_cli, tracking_uri
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 EPOCHS = 2  # the server goes away after epoch 1: epoch 2 and the close wait
@@ -290,7 +290,6 @@ def test_store_failures_are_told_apart(error, kind):
 def test_outage_waits_are_checked_before_anything_runs(override):
     from cifar_exp.errors import ConfigError
     from cifar_exp.validate import validate
-    from conftest import compose
 
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         validate(compose([*SMOKE, override]))
