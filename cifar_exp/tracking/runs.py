@@ -173,9 +173,10 @@ def runs_with_tag(client, experiment: str, key: str, value: str):
 class RunTracker:
     """One MLflow run; everything a job logs goes through here.
 
-    Metrics the store refuses (a tracking server gone mid-run) are kept and sent with the
-    next write; training never stops for them. `finish` reconciles what is still pending
-    or, failing that, saves it to `pending_metrics.json` in the job folder and says so.
+    Writes a store cannot take (a server gone, a full disk, a damaged file) wait in the job
+    folder's outbox and go with the next write (tracking/outbox.py); training never stops for
+    them. `finish("FINISHED")` raises StoreUnavailable, the run left open, while any still wait.
+    Metrics refused for another reason are kept, then saved to `pending_metrics.json`.
     """
 
     def __init__(self, client, run_id: str, output_dir: str | None = None):
