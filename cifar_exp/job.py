@@ -53,6 +53,7 @@ def run_job(cfg, context: JobContext) -> float:
         return _run_as_worker(cfg, context)
     try:
         validate(cfg)
+        tracking.outbox.configure(cfg.mlflow.request_timeout_s, cfg.mlflow.outage_budget_s)
         backend_env = configure_backend(cfg, context)  # before anything imports Keras (check_devices does)
         if cfg.task != "kfold_poly":  # kfold_poly generates its data
             find_data(cfg.dataset)
@@ -123,7 +124,14 @@ def run_job(cfg, context: JobContext) -> float:
         else:
             log.exception("job %s failed; the sweep goes on", context.job_num)
         return math.nan
-    tracker.finish("FINISHED")
+    try:
+        tracker.finish("FINISHED")
+    except tracking.StoreUnavailable as error:  # trained, but part of its record waits in the job folder
+        _write_status(context, "UNSYNCED", error, tracker.run_id, value)
+        if not context.multirun:
+            raise
+        log.error("job %s: %s", context.job_num, error)
+        return value
     judged = outcome.verdict(metrics)  # None for tasks without a test accuracy
     if judged and judged[0] == outcome.DID_NOT_LEARN:
         log.warning("did not learn: %s", judged[1])

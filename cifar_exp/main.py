@@ -1,4 +1,5 @@
-"""Entry point: `python -m cifar_exp [overrides]`, `cifar-exp [overrides]`, `cifar-exp report ...`.
+"""Entry point: `python -m cifar_exp [overrides]`, `cifar-exp [overrides]`, `cifar-exp report ...`,
+`cifar-exp sync FOLDER...`.
 
 The only module that touches Hydra's runtime state; the work is in job.run_job.
 """
@@ -43,8 +44,11 @@ def main(cfg: DictConfig) -> float:
     from cifar_exp.job import JobContext, run_job
     from cifar_exp.overrides import SWEPT_KEYS_ENV
     from cifar_exp.sweeps.pruning import job_trial
+    from cifar_exp.tracking.outbox import StoreUnavailable
+    from cifar_exp.training.backend_setup import move_caches_off_unwritable_home
     from cifar_exp.training.outcome import TrainingDiverged
 
+    move_caches_off_unwritable_home()  # before validate (trainer.compile_cache=auto) and any Keras import
     hydra_cfg = HydraConfig.get()
     context = JobContext(
         overrides=list(hydra_cfg.overrides.task),
@@ -66,6 +70,9 @@ def main(cfg: DictConfig) -> float:
 
         print(f"Error: {mask_secrets(error)}", file=sys.stderr)
         sys.exit(2)
+    except StoreUnavailable as error:  # trained; what its store did not take waits in the job folder
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(1)
     except TrainingDiverged as error:  # recorded FAILED, its hint logged by run_job: no traceback
         print(f"Error: training diverged: {error}", file=sys.stderr)
         sys.exit(1)
@@ -76,6 +83,10 @@ def cli() -> None:
         from cifar_exp.sweeps.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "sync":
+        from cifar_exp.tracking.outbox import main as sync_main
+
+        sys.exit(sync_main(sys.argv[2:]))
     from cifar_exp import overrides, signals
 
     # TensorFlow's C++ INFO lines (oneDNN, CUDA stubs, memory patches) drown a job's own lines;
@@ -84,7 +95,8 @@ def cli() -> None:
     sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
     try:
         check_command_line(sys.argv[1:])
-    except (overrides.UnknownKeyError, overrides.RemovedOptionError) as error:
+    except (overrides.UnknownKeyError, overrides.RemovedOptionError, overrides.ConfigFileError,
+            overrides.LauncherInSweptOverlayError) as error:
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)
     signals.install()
@@ -103,7 +115,9 @@ def cli() -> None:
 def check_command_line(args: list[str]) -> None:
     """Refuse unknown keys before Hydra composes (its hint for them is to add them with `+`),
     and hand a multirun's swept keys to its jobs (through the environment, which every
-    launcher passes on). Anything this cannot compose is left to Hydra to report."""
+    launcher passes on). A config file that cannot be composed (bad YAML, a defaults entry naming a
+    missing option) and a launcher chosen in a swept overlay are refused in one line; anything else
+    this cannot compose is left to Hydra to report."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -134,9 +148,14 @@ def check_command_line(args: list[str]) -> None:
         try:
             params = overrides.check_keys(command_line, composed, loader.get_group_options)
             swept = overrides.swept_keys(parsed.overrides, params)
-        except overrides.UnknownKeyError:
+            if parsed.multirun:
+                overrides.check_launcher(command_line, composed, loader.get_group_options, params)
+        except (overrides.UnknownKeyError, overrides.LauncherInSweptOverlayError):
             raise
-        except Exception:  # bad syntax, an unknown option, ...: Hydra's own message says it
+        except Exception as error:  # bad YAML, a missing option: one line; anything else: Hydra's own message
+            message = overrides.describe_compose_error(error, [parsed.config_dir] if parsed.config_dir else [])
+            if message:
+                raise overrides.ConfigFileError(message) from None
             return
     if swept:
         os.environ[overrides.SWEPT_KEYS_ENV] = ",".join(swept)

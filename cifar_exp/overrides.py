@@ -148,3 +148,86 @@ def swept_keys(overrides: list[str], sweeper_params: dict | None) -> list[str]:
     for o in parse([f"{k}={v}" for k, v in (sweeper_params or {}).items()] + list(overrides)):
         final[o.get_key_element().lstrip("+~")] = o.is_sweep_override()
     return [key for key, swept in final.items() if swept]
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be composed (bad YAML, a defaults entry naming a missing option),
+    said in one line that names the file; raised before anything runs."""
+
+
+def describe_compose_error(error: BaseException, folders: Iterable[str]) -> str | None:
+    """One line for a composition error Hydra would report with a traceback or a misleading file,
+    or None to leave it to Hydra.
+
+    A YAML syntax error: its file, line and column. A defaults entry naming a missing option
+    (Hydra blames the config whose default it overrides, e.g. recipe/lenet): the file of `folders`
+    (the user's `--config-dir`) and line that names it, the group and its options.
+    """
+    import re
+    from pathlib import Path
+
+    import yaml
+    from hydra.errors import MissingConfigException
+
+    if isinstance(error, yaml.YAMLError):
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error).splitlines()[0]
+        if mark is None:
+            return f"YAML syntax error in a config file: {problem}"
+        return f"YAML syntax error in {mark.name}, line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    if not isinstance(error, MissingConfigException):
+        return None
+    found = re.search(r"Could not find '(?P<group>[^']+)/(?P<option>[^'/]+)'", str(error))
+    if not found:
+        return None
+    group, option = found["group"], found["option"]
+    entry = re.compile(rf"^\s*-\s*(override\s+)?/?{re.escape(group)}(@[\w.]+)?\s*:\s*['\"]?{re.escape(option)}['\"]?\s*$")
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if entry.match(line):
+                    choices = ", ".join(error.options or []) or "none"
+                    return (f"{path}, line {number}: the defaults entry `{line.strip()}` chooses {group} "
+                            f"option '{option}', which does not exist; {group}'s options: {choices}")
+    return None
+
+
+class LauncherInSweptOverlayError(ValueError):
+    """A swept config option (an experiment overlay) that chooses the launcher: Hydra picks the
+    launcher before it composes each job, so it would be ignored (hydra#2946, #3231)."""
+
+
+def check_launcher(overrides: list[str], compose: Callable[[list[str]], dict],
+                   group_options: Callable[[str], list[str]], sweeper_params: dict | None = None) -> None:
+    """Raise LauncherInSweptOverlayError when an option of a group swept in a multirun (on the
+    command line or in `hydra.sweeper.params`) sets `hydra.launcher` differently from the sweep's
+    own config: with `experiment=a,b -m` Hydra launches with the launcher composed without a or b.
+
+    `compose` and `group_options` as for `check_keys`.
+    """
+    parsed = parse(overrides)
+    from_params = parse([f"{k}={v}" for k, v in (sweeper_params or {}).items()])
+
+    def is_group(override) -> bool:
+        return override.package is not None or bool(group_options(override.key_or_group))
+
+    swept = [o for o in parsed + from_params if o.is_sweep_override() and is_group(o)]
+    if not swept:
+        return
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+
+    def launcher(config: dict):
+        return (config.get("hydra") or {}).get("launcher")
+
+    sweep_launcher = launcher(compose(fixed))
+    for o in swept:
+        group = o.get_key_element()
+        for option in o.sweep_string_iterator():
+            config = compose([*[f for f in fixed if f.split("=", 1)[0] != group], f"{group}={option}"])
+            if launcher(config) != sweep_launcher:
+                chosen = ((config.get("hydra") or {}).get("runtime", {}).get("choices") or {}).get("hydra/launcher")
+                raise LauncherInSweptOverlayError(
+                    f"{group}={option} sets the launcher (hydra/launcher: {chosen or launcher(config).get('_target_')}), "
+                    f"which a sweep over {group} ignores: Hydra chooses the launcher before it composes each job "
+                    f"(hydra#2946). Choose it for the whole sweep: on the command line (hydra/launcher={chosen or '...'}"
+                    f" and any hydra.launcher.* settings) or in an hparams_search file, not in a swept {group} option")

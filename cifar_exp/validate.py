@@ -75,6 +75,10 @@ def validate(cfg) -> None:
         # A database store holds 256 characters (sqlite ignores the limit, PostgreSQL refuses the run).
         raise ConfigError("mlflow.experiment_name", name,
                           f"a non-empty name of at most {EXPERIMENT_NAME_LENGTH} characters")
+    for key in ("request_timeout_s", "outage_budget_s"):
+        value = cfg.mlflow.get(key)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):
+            raise ConfigError(f"mlflow.{key}", value, "a finite number of seconds > 0")
     for group, check in (("model", check_model), ("init", check_init), ("optimizer", check_optimizer),
                          ("lr_schedule", lambda c: check_schedule(c, trainer.epochs)),
                          ("dataset", check_dataset), ("weighting", lambda c: check_weighting(c, trainer.epochs))):

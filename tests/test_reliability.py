@@ -120,26 +120,31 @@ def run_during_outage(tmp_path):
     return client, tracker, lambda: setattr(client, "log_batch", real_log_batch)
 
 
-def test_metrics_survive_a_tracking_outage_and_are_reconciled(run_during_outage):
+def test_metrics_survive_a_tracking_outage_and_are_reconciled(tmp_path, run_during_outage):
     client, tracker, restore = run_during_outage
     tracker.log_metrics({"loss": 2.0}, step=1)
     tracker.log_metrics({"loss": 1.5}, step=2)
-    assert len(tracker.pending) == 2
+    assert len(list((tmp_path / "mlflow_outbox").glob("*/ops.jsonl"))) == 1  # they wait in the job folder
     restore()
     tracker.log_metrics({"loss": 1.0}, step=3)
     tracker.finish()
     assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == [1, 2, 3]
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    assert not (tmp_path / "mlflow_outbox").exists()
 
 
-def test_metrics_that_never_reach_the_store_are_saved_locally(tmp_path, run_during_outage):
+def test_metrics_that_never_reach_the_store_wait_locally_and_the_run_is_not_finished(tmp_path, run_during_outage):
+    from cifar_exp.tracking import outbox
+
     client, tracker, restore = run_during_outage
     tracker.log_metrics({"loss": 2.0}, step=1)
-    tracker._flush_metrics()
-    tracker._save_pending()
+    with pytest.raises(outbox.StoreUnavailable, match=f"cifar-exp sync {tmp_path}"):
+        tracker.finish()
     restore()
-    saved = json.loads((tmp_path / "pending_metrics.json").read_text())
-    assert saved[0]["key"] == "loss" and saved[0]["step"] == 1
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"
+    assert outbox.sync([str(tmp_path)]) == 0
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == [1]
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
 def test_an_unreadable_checkpoint_is_moved_aside_with_a_warning(tmp_path, caplog):

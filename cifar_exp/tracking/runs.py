@@ -7,25 +7,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from contextlib import contextmanager
 
 from cifar_exp.errors import ConfigError
+from cifar_exp.tracking import health, outbox
 from cifar_exp.tracking.databases import error_line, fitting_run_name, schema_lock
+from cifar_exp.tracking.outbox import StoreUnavailable  # noqa: F401 - raised by finish("FINISHED")
+from cifar_exp.tracking.secrets import mask_secrets  # (moved: tracking/outbox.py needs it too)
 
-# scheme://user:password@host, also as Hydra writes overrides (scheme\://user\:password@host).
-_PASSWORD_IN_URL = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*\\?://[^/\s:@\\]+\\?:)(?P<secret>[^@\s/]+)(?P<tail>@)")
 log = logging.getLogger(__name__)
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 # MLflow 3's UI opens an experiment of unknown kind on its (empty) GenAI "Traces" page; this
 # kind opens it on its runs table (the values are the UI's ExperimentKind enum).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def mask_secrets(text: str) -> str:
-    """Hide the password of any URL such as postgresql://user:secret@host/db."""
-    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", str(text))
 
 
 class MaskingFormatter(logging.Formatter):
@@ -117,6 +112,7 @@ def connect(tracking_uri: str):
         if not os.path.isdir(folder):
             raise ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
                               f"a sqlite:/// path in an existing folder ({folder} does not exist)")
+    health.check_sqlite(tracking_uri)  # a damaged file: refused before any run writes into it
     try:
         with _quick_http_failure(), sqlite_creation_lock(tracking_uri), schema_lock(tracking_uri, "mlflow"):
             client = MlflowClient(tracking_uri)
@@ -177,13 +173,15 @@ def runs_with_tag(client, experiment: str, key: str, value: str):
 class RunTracker:
     """One MLflow run; everything a job logs goes through here.
 
-    Metrics the store refuses (a tracking server gone mid-run) are kept and sent with the
-    next write; training never stops for them. `finish` reconciles what is still pending
-    or, failing that, saves it to `pending_metrics.json` in the job folder and says so.
+    Writes a store cannot take (a server gone, a full disk, a damaged file) wait in the job
+    folder's outbox and go with the next write (tracking/outbox.py); training never stops for
+    them. `finish("FINISHED")` raises StoreUnavailable, the run left open, while any still wait.
+    Metrics refused for another reason are kept, then saved to `pending_metrics.json`.
     """
 
     def __init__(self, client, run_id: str, output_dir: str | None = None):
-        self.client, self.run_id, self.output_dir = client, run_id, output_dir
+        # Writes the store cannot take wait in the job folder (tracking/outbox.py): training goes on.
+        self.client, self.run_id, self.output_dir = outbox.buffered(client, run_id, output_dir), run_id, output_dir
         self.pending: list = []
 
     @classmethod
@@ -194,7 +192,10 @@ class RunTracker:
         stale = [key for key in ("error", "failure_hint") if key in client.get_run(run_id).data.tags]
         for key in stale:
             _retry(lambda key=key: client.delete_tag(run_id, key))
-        return cls(client, run_id, output_dir)
+        tracker = cls(client, run_id, output_dir)
+        if output_dir:  # what an earlier process of this job could not send
+            tracker.client.resume_outbox()
+        return tracker
 
     @classmethod
     def start(cls, client, experiment_name: str, run_name: str, tags: dict[str, str], output_dir: str | None = None):

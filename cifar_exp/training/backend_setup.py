@@ -8,6 +8,7 @@ when it starts, and it starts once.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -31,7 +32,8 @@ def check_backend_settings(trainer) -> None:
     if cache not in (None, "auto") and Path(cache).expanduser().exists() and not Path(cache).expanduser().is_dir():
         raise ConfigError("trainer.compile_cache", cache, "auto, a folder (this is a file), or null")
     if cache is not None and not _creatable(cache_folder(cache)):
-        raise ConfigError("trainer.compile_cache", cache, "auto, a folder this user can create or write to, or null")
+        where = f" (auto is {cache_folder(cache)}, not writable: set XDG_CACHE_HOME)" if cache == "auto" else ""
+        raise ConfigError("trainer.compile_cache", cache, f"a folder this user can create or write to{where}, or null")
     memory = trainer.get("gpu_memory", "auto")
     fraction = isinstance(memory, (int, float)) and not isinstance(memory, bool)
     if not (memory in GPU_MEMORY or fraction and 0 < memory <= 1):
@@ -136,3 +138,53 @@ def _gpu_memory(setting, shared_gpu: bool, backend: str) -> dict[str, str]:
     for key, value in values.items():
         os.environ.setdefault(key, value)
     return {k: os.environ[k] for k in values}
+
+
+# The caches a job keeps under HOME, as (environment variable that moves it, its default under HOME).
+HOME_CACHES = (("XDG_CACHE_HOME", ".cache"), ("KERAS_HOME", ".keras"), ("MPLCONFIGDIR", ".config/matplotlib"))
+
+
+def _unusable(folder: Path) -> str | None:
+    """Why `folder` cannot hold a cache (created, and one 4 KiB file written and removed), or None."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".cifar_exp-probe") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
+def move_caches_off_unwritable_home() -> dict[str, str]:
+    """When HOME cannot hold caches (read-only, full, not a folder, a container user without one),
+    point the caches kept there (XDG_CACHE_HOME: trainer.compile_cache=auto's XLA cache and others;
+    KERAS_HOME; MPLCONFIGDIR) at a private temporary folder, with one warning naming it. A variable
+    already set wins. Returns the variables set ({} when HOME is usable); call before Keras or
+    matplotlib is imported. Explicit folders (trainer.compile_cache, dataset.cache_dir) are the
+    config's: a decoded-data cache that cannot be written is skipped by data/readers.py."""
+    home = Path(os.path.expanduser("~"))
+    moved = [(name, home / default) for name, default in HOME_CACHES if not os.environ.get(name)]
+    why = next((reason for reason in (_unusable(folder) for _, folder in moved) if reason), None)
+    if why is None:
+        return {}
+    import tempfile
+
+    base = Path(tempfile.gettempdir()) / f"cifar_exp-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    if base.stat().st_uid != os.getuid() or _unusable(base):  # another user's folder of that name
+        base = Path(tempfile.mkdtemp(prefix="cifar_exp-"))
+    applied = {name: str(base / Path(default).name.lstrip(".")) for name, default in
+               ((n, d) for n, d in HOME_CACHES if not os.environ.get(n))}
+    os.environ.update(applied)
+    _warn_once(str(home), why, str(base), tuple(applied))
+    return applied
+
+
+@functools.cache  # once per process: a sweep's jobs share the folder
+def _warn_once(home: str, why: str, base: str, names: tuple[str, ...]) -> None:
+    log.warning("HOME (%s) cannot hold caches (%s): they go to %s for this job (%s set there); "
+                "set %s to a writable folder to choose another", home, why, base, ", ".join(names), " / ".join(names))
