@@ -174,7 +174,8 @@ def test_a_killed_joblib_worker_loses_only_its_job_which_ends_killed_and_is_list
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 1, err[-3000:]
     assert "Sweep summary: 2 finished, 0 failed, 1 stopped" in out
-    assert "KILLED: dataset.train_size=8192" in out and "SIGKILL" in out
+    listed = [line for line in out.splitlines() if line.startswith("  KILLED:")]
+    assert len(listed) == 1 and "dataset.train_size=8192" in listed[0] and "killed by SIGKILL" in listed[0]
     client, runs = all_runs(uri)
     by_size = {r.data.params["dataset.train_size"]: r for r in runs}
     assert {size: r.info.status for size, r in by_size.items()} == {"8192": "KILLED", "512": "FINISHED",
