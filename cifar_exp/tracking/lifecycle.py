@@ -1,6 +1,8 @@
-"""A run's life beyond one process: who owns it (host, pid, process start), the lock that keeps a
-job folder or a sweep folder to one process at a time, and the reaping of runs whose owner is gone
-(closed KILLED, tagged `ended_by`). RunTracker (runs.py) opens, logs and closes a run through here.
+"""A run's life beyond one process. RunTracker (runs.py) opens, logs and closes a run, and tags it
+with its owner (owner.py: host, pid, process start); here: the lock that keeps a job folder or a
+sweep folder to one process at a time, and the reaping of runs whose owner is gone (closed KILLED,
+tagged `ended_by`), by the next job on the store, by a launcher that saw a worker die, or by
+`cifar-exp reap`.
 
 Alive or dead is decided on the owner's host only (pid and process start time, so a re-used pid
 is not mistaken for the owner); a run owned by another host is left alone unless that host is
@@ -16,47 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cifar_exp.errors import ConfigError
+from cifar_exp.tracking.owner import ENDED_BY, OWNER_HOST, OWNER_PID, owner, owner_alive  # noqa: F401 (owner: re-exported)
+from cifar_exp.tracking.runs import connect, mask_secrets
 
 log = logging.getLogger(__name__)
-OWNER_HOST, OWNER_PID, OWNER_START = "owner.host", "owner.pid", "owner.start"
-ENDED_BY = "ended_by"  # tag: how a run closed by someone other than its own job ended
 LOCK_FILE = ".lock"  # in a job folder or a sweep folder: held (flock) while a process works there
 STATUS_FILE = "job_status.json"  # the job folder's record of its run (job.py writes it, summary.py reads it)
-
-
-# ------------------------------------------------------------------------------- owner
-
-def _process_start(pid: int) -> str | None:
-    """'<boot id>:<start time in clock ticks since boot>' of a live process, None when it is gone
-    (or on a system without /proc: then only the pid is compared)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    return f"{boot}:{stat.rpartition(')')[2].split()[19]}"  # field 22 of proc(5), counted after the name
-
-
-def owner() -> dict[str, str]:
-    """This process as a run's owner: {owner.host, owner.pid, owner.start} (tag names and values)."""
-    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()),
-            OWNER_START: _process_start(os.getpid()) or ""}
-
-
-def owner_alive(record: dict) -> bool | None:
-    """Whether the process a record (run tags, job_status.json's `owner`) names still runs:
-    True/False on its own host; None when it cannot be told here (another host, no owner)."""
-    host, pid = record.get(OWNER_HOST), record.get(OWNER_PID)
-    if not host or not pid or host != socket.gethostname():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        pass
-    started = _process_start(int(pid))
-    return started is None or not record.get(OWNER_START) or started == record[OWNER_START]
 
 
 # ------------------------------------------------------------------------------- locks
@@ -150,8 +117,6 @@ def close_lost_job(job_dir: str, tracking_uri: str, why: str, overrides=()) -> s
         record = {}
     run_id = record.get("run_id") if record.get("status") == "RUNNING" else None
     if run_id:
-        from cifar_exp.tracking.runs import connect
-
         try:
             close_dead_run(connect(tracking_uri), run_id, why)
         except Exception as error:  # the store is what failed: the next command's reaping closes it
@@ -208,8 +173,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lost-host", action="append", default=[],
                         help="a host that is gone for good: its RUNNING runs are closed too (repeatable)")
     args = parser.parse_args(argv)
-    from cifar_exp.tracking.runs import connect, mask_secrets
-
     try:
         client = connect(args.store)
     except ConfigError as error:

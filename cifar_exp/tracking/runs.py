@@ -189,25 +189,25 @@ class RunTracker:
     @classmethod
     def resume(cls, client, run_id: str, output_dir: str | None = None):
         """Continue an unfinished run: same id, new metrics appended, this process its owner
-        (lifecycle.py). The tags that said why it stopped (`error`, `failure_hint`, `ended_by`)
+        (owner.py). The tags that said why it stopped (`error`, `failure_hint`, `ended_by`)
         go: they would contradict the run once it finishes."""
-        from cifar_exp.tracking import lifecycle
+        from cifar_exp.tracking import owner
 
         _retry(lambda: client.update_run(run_id, status="RUNNING"))
         tracker = cls(client, run_id, output_dir)
-        tracker.set_tags(lifecycle.owner())
-        stale = [key for key in ("error", "failure_hint", lifecycle.ENDED_BY) if key in client.get_run(run_id).data.tags]
+        tracker.set_tags(owner.owner())
+        stale = [key for key in ("error", "failure_hint", owner.ENDED_BY) if key in client.get_run(run_id).data.tags]
         for key in stale:
             _retry(lambda key=key: client.delete_tag(run_id, key))
         return tracker
 
     @classmethod
     def start(cls, client, experiment_name: str, run_name: str, tags: dict[str, str], output_dir: str | None = None):
-        """A new RUNNING run owned by this process (lifecycle.owner: host, pid, process start)."""
-        from cifar_exp.tracking import lifecycle
+        """A new RUNNING run owned by this process (owner.py: host, pid, process start)."""
+        from cifar_exp.tracking import owner
 
         experiment = experiment_id(client, experiment_name)
-        tags = {**{k: mask_secrets(v) for k, v in tags.items()}, **lifecycle.owner()}
+        tags = {**{k: mask_secrets(v) for k, v in tags.items()}, **owner.owner()}
         run = _retry(lambda: client.create_run(experiment, run_name=mask_secrets(run_name), tags=tags))
         return cls(client, run.info.run_id, output_dir)
 
