@@ -19,9 +19,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cifar_exp import console, signals
-from cifar_exp.overrides import is_inert
 from cifar_exp.data.readers import SPECS, DataError, locate
 from cifar_exp.errors import ConfigError
+from cifar_exp.overrides import is_inert
 from cifar_exp.tracking import lifecycle
 from cifar_exp.tracking import runs as tracking
 from cifar_exp.tracking.run_info import git_state
@@ -316,7 +316,8 @@ def run_to_resume(cfg, context: JobContext, client, digest: str, earlier):
                               "still runs this one)")
         return run, checkpoints.folder(run.data.tags.get("output_dir", "."), digest)
     # Another live process's run is its own (two sweeps of one config at once): never taken over.
-    unfinished = [run for run in earlier if run.info.status != "FINISHED" and not lifecycle.is_owned_by_live_process(run)]
+    unfinished = [run for run in earlier
+                  if run.info.status != "FINISHED" and not lifecycle.is_owned_by_live_process(run)]
     same_folder = [run for run in unfinished if context.output_dir
                    and run.data.tags.get("output_dir") == str(context.output_dir)]
     if same_folder:

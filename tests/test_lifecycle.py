@@ -125,7 +125,8 @@ def test_the_next_run_of_a_job_killed_by_sigkill_closes_its_run_killed_then_resu
     job = subprocess.Popen([sys.executable, "-m", "cifar_exp", *args], cwd=tmp_path, env=ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and job.poll() is None and not list(folder.glob("checkpoint/*/training_metadata.json")):
+    while (time.time() < deadline and job.poll() is None
+           and not list(folder.glob("checkpoint/*/training_metadata.json"))):
         time.sleep(0.05)
     assert job.poll() is None, "the job ended before it could be killed"
     job.kill()  # kill -9: the job closes nothing

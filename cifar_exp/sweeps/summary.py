@@ -60,7 +60,8 @@ def settled(record: dict) -> dict:
     """A job record as it stands: one still RUNNING whose process is gone (SIGKILL, the OOM killer)
     counts as KILLED, saying so."""
     if record.get("status") == "RUNNING" and lifecycle.owner_alive(record.get("owner") or {}) is False:
-        return dict(record, status="KILLED", error="its process ended without closing the job (SIGKILL, out of memory?)")
+        return dict(record, status="KILLED",
+                    error="its process ended without closing the job (SIGKILL, out of memory?)")
     return record
 
 

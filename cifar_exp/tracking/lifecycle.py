@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cifar_exp.errors import ConfigError
-from cifar_exp.tracking.owner import ENDED_BY, OWNER_HOST, OWNER_PID, owner, owner_alive  # noqa: F401 (owner: re-exported)
+from cifar_exp.tracking.owner import (  # noqa: F401 (owner: re-exported for job.py)
+    ENDED_BY, OWNER_HOST, OWNER_PID, owner, owner_alive)
 from cifar_exp.tracking.runs import connect, mask_secrets
 
 log = logging.getLogger(__name__)
