@@ -63,6 +63,31 @@ def lost_job(launcher, idx: int, overrides: list[str], error: BaseException) -> 
     return ret
 
 
+def stop_jobs(todo, executors: list, threads: list, wait_s: float = 120.0) -> None:
+    """A stop signal reached the sweep: no job starts any more, and each job in flight gets SIGINT
+    (a KeyboardInterrupt in its worker, so it closes its run KILLED, as a Ctrl-C at a terminal
+    does); waits up to `wait_s` for them. A second signal ends the sweep at once (signals.py)."""
+    import os
+    import queue
+    import signal
+    import time
+
+    while True:
+        try:
+            todo.get_nowait()
+        except queue.Empty:
+            break
+    for executor in executors:
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            try:
+                os.kill(process.pid, signal.SIGINT)
+            except (ProcessLookupError, AttributeError):
+                pass
+    deadline = time.monotonic() + wait_s
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
 def worker_death(error: BaseException) -> str:
     """'worker process killed by SIGKILL (exit code -9): out of memory (the kernel's OOM killer) or kill -9'."""
     codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(error))

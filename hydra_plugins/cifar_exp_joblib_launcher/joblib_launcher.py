@@ -50,11 +50,17 @@ class JoblibLauncher(Launcher):
         state, results = Singleton.get_state(), {}
         threads = [threading.Thread(target=self._slot, args=(todo, results, state, slots), daemon=True)
                    for _ in range(slots)]
+        self._executors: list = []
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.5)  # a timed join: a stop signal still reaches the main thread
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.5)  # a timed join: a stop signal still reaches the main thread
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM (signals.Stopped): the jobs in flight close KILLED
+            launcher.stop_jobs(todo, self._executors, threads)
+            stop.sweep_dir = getattr(stop, "sweep_dir", None) or str(sweep_dir)  # main prints its summary
+            raise
         return [results[initial_job_idx + idx] for idx in range(len(job_overrides))]
 
     def _slot(self, todo: queue.Queue, results: dict, state: dict, slots: int) -> None:
@@ -70,10 +76,13 @@ class JoblibLauncher(Launcher):
                 break
             if executor is None:
                 executor = ProcessPoolExecutor(max_workers=1, env=launcher.worker_env(slots))
+                self._executors.append(executor)
             future = executor.submit(execute_job, idx, overrides, self.hydra_context, self.config,
                                      self.task_function, state)
             try:
                 results[idx] = future.result()
+            except KeyboardInterrupt:  # the job was stopped (stop_jobs) and closed its run KILLED itself
+                break
             except BrokenProcessPool as error:  # its worker died: this job alone is lost
                 executor.shutdown(wait=False, kill_workers=True)
                 executor = None
