@@ -49,8 +49,10 @@ class JobContext:
 
 def run_job(cfg, context: JobContext) -> float:
     """Run one job; its folder is locked for the job's life (lifecycle.FolderLock): a second
-    process given the same folder is refused in one line (ConfigError) before anything runs."""
-    with lifecycle.folder_lock(context.output_dir, "hydra.sweep.dir" if context.multirun else "hydra.run.dir"):
+    process given the same folder is refused in one line (ConfigError) before anything runs.
+    The other workers of a multi-worker job share the chief's folder: only the chief locks it."""
+    folder = context.output_dir if is_chief(cfg.trainer.strategy) else None
+    with lifecycle.folder_lock(folder, "hydra.sweep.dir" if context.multirun else "hydra.run.dir"):
         return _run_job(cfg, context)
 
 

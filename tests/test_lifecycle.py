@@ -238,3 +238,20 @@ def test_a_record_left_running_by_a_dead_process_counts_as_killed_in_the_summary
     assert summarize(str(tmp_path)) is False
     out = capsys.readouterr().out
     assert "1 finished, 0 failed, 1 stopped" in out and "KILLED: seed=1" in out
+
+
+def test_the_workers_of_a_multi_worker_job_share_the_chiefs_locked_folder(tmp_path, monkeypatch):
+    from cifar_exp.errors import ConfigError
+    from cifar_exp.job import JobContext, run_job
+
+    holder = _holder(tmp_path)  # the chief, working in the job folder
+    try:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                    "task": {"type": "worker", "index": 1}}))
+        cfg = compose(["dataset=synthetic", "trainer.strategy=multi_worker", "trainer.epochs=0"])
+        # A non-chief worker gets past the chief's lock, to the check of its own config.
+        with pytest.raises(ConfigError, match="trainer.epochs"):
+            run_job(cfg, JobContext(output_dir=str(tmp_path)))
+    finally:
+        holder.kill()
+        holder.wait()
