@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -177,13 +178,14 @@ def main(argv: list[str]) -> int:
     try:
         client = connect(args.store)
     except ConfigError as error:
-        print(f"Error: {mask_secrets(error)}", flush=True)
+        print(f"Error: {mask_secrets(error)}", file=sys.stderr, flush=True)
         return 2
     experiments = client.search_experiments()
     if args.experiment:
         experiments = [e for e in experiments if e.name == args.experiment]
         if not experiments:
-            print(f"Error: no experiment named {args.experiment!r} in {mask_secrets(args.store)}", flush=True)
+            print(f"Error: no experiment named {args.experiment!r} in {mask_secrets(args.store)}", file=sys.stderr,
+                  flush=True)
             return 2
     closed = reap(client, [e.experiment_id for e in experiments], lost_hosts=tuple(args.lost_host)) \
         if experiments else []
