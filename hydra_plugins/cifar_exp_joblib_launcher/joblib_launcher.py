@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 class JoblibLauncher(Launcher):
     """Takes the hydra-joblib-launcher's settings; `n_jobs` is the number of jobs run at once
-    (-1: one per CPU), the other settings (batching, memmapping) have no effect on whole jobs.
+    (-1: one per CPU; 1: in this process, as joblib does), the other settings (batching,
+    memmapping) have no effect on whole jobs.
     Needs the joblib extra (hydra-joblib-launcher), imported only when it launches."""
 
     def __init__(self, **kwargs) -> None:
@@ -48,6 +49,11 @@ class JoblibLauncher(Launcher):
             log.info("\t#%d : %s", initial_job_idx + idx, " ".join(filter_overrides(overrides)))
             todo.put((initial_job_idx + idx, list(overrides)))
         state, results = Singleton.get_state(), {}
+        if effective_n_jobs(self.joblib.get("n_jobs", -1)) == 1:  # as joblib does: in this process, in turn
+            from hydra_plugins.hydra_joblib_launcher._core import execute_job
+
+            return [execute_job(initial_job_idx + idx, overrides, self.hydra_context, self.config,
+                                self.task_function, state) for idx, overrides in enumerate(job_overrides)]
         threads = [threading.Thread(target=self._slot, args=(todo, results, state, slots), daemon=True)
                    for _ in range(slots)]
         self._executors: list = []
