@@ -21,6 +21,8 @@ from omegaconf import OmegaConf
 from cifar_exp import console, signals
 from cifar_exp.data.readers import SPECS, DataError, locate
 from cifar_exp.errors import ConfigError
+from cifar_exp.overrides import is_inert
+from cifar_exp.tracking import lifecycle
 from cifar_exp.tracking import runs as tracking
 from cifar_exp.tracking.run_info import git_state
 from cifar_exp.training import checkpoints, outcome
@@ -29,7 +31,6 @@ from cifar_exp.training.distribute import is_chief, worker_name
 from cifar_exp.validate import check_devices, validate
 
 log = logging.getLogger(__name__)
-HIDDEN_OVERRIDE_PREFIXES = ("hydra.", "mlflow.", "optuna_trial", "tags.")
 VERSIONED_PACKAGES = ("tensorflow", "keras", "jax", "mlflow", "optuna", "hydra-core", "numpy")
 
 
@@ -47,6 +48,15 @@ class JobContext:
 
 
 def run_job(cfg, context: JobContext) -> float:
+    """Run one job; its folder is locked for the job's life (lifecycle.FolderLock): a second
+    process given the same folder is refused in one line (ConfigError) before anything runs.
+    The other workers of a multi-worker job share the chief's folder: only the chief locks it."""
+    folder = context.output_dir if is_chief(cfg.trainer.strategy) else None
+    with lifecycle.folder_lock(folder, "hydra.sweep.dir" if context.multirun else "hydra.run.dir"):
+        return _run_job(cfg, context)
+
+
+def _run_job(cfg, context: JobContext) -> float:
     started = time.monotonic()
     tracking.mask_saved_configs(context.output_dir, context.multirun and context.sweep_dir)
     if not is_chief(cfg.trainer.strategy):  # decided before any MLflow call: only the chief logs
@@ -66,6 +76,7 @@ def run_job(cfg, context: JobContext) -> float:
         digest = config_hash(cfg)
         try:
             experiment_id = tracking.experiment_id(client, cfg.mlflow.experiment_name)
+            reap_gone_owners(client, experiment_id, digest, context)
             earlier = tracking.runs_with_tag(client, experiment_id, "config_hash", digest)
         except Exception as error:  # a deleted experiment, a store refusing reads
             raise tracking.refused(error, cfg.mlflow.tracking_uri) from None
@@ -138,6 +149,18 @@ def run_job(cfg, context: JobContext) -> float:
     _write_status(context, "FINISHED", None, tracker.run_id, value, outcome=judged and judged[0])
     log.info("%s", console.closing_line(tracker.run_id, metrics, cfg.optimized_metric, time.monotonic() - started))
     return value
+
+
+def reap_gone_owners(client, experiment_id: str, digest: str, context: JobContext) -> None:
+    """Runs of this job (its config hash) or of its sweep (its sweep id) left RUNNING by a process
+    that is gone (kill -9, the OOM killer, a crash) are closed KILLED before this job looks for a
+    run to resume or skip (it still resumes them). A store that refuses the search is left to the
+    reads that follow to report."""
+    where = [f"tags.config_hash = '{digest}'"]
+    if context.multirun and context.sweep_dir:
+        where.append(f"tags.sweep_id = '{sweep_id(context.sweep_dir)}'")
+    for each in where:
+        lifecycle.reap(client, [experiment_id], each)
 
 
 def _open_run(cfg, context: JobContext, client, digest: str, resumed, tags: dict[str, str]):
@@ -246,13 +269,14 @@ def _run_as_worker(cfg, context: JobContext) -> float:
     configure_backend(cfg, context)
     checkpoint_dir = (checkpoints.worker_folder(context.output_dir, config_hash(cfg), worker_name())
                       if cfg.trainer.checkpoint else None)
-    metrics = run_task(cfg, tracking.NullTracker(), checkpoint_dir)
+    try:  # the store is read as the chief reads it (a pretraining to reuse), never written
+        client = tracking.connect(cfg.mlflow.tracking_uri)
+    except ConfigError:
+        client = None
+    metrics = run_task(cfg, tracking.NullTracker(client), checkpoint_dir)
     return float(metrics[cfg.optimized_metric])
 
 
-# Keys that do not change what a job computes: a run differing only in them is the same job.
-CONFIG_HASH_IGNORES = ("resume", "sweep", "mlflow", "tags", "trainer.verbose", "trainer.checkpoint",
-                       "trainer.data_on_device", "trainer.compile_cache", "trainer.gpu_memory")
 # Keys added after runs were already recorded, with the value that means "as before": they
 # count only when set otherwise, so earlier runs keep their hash (and are skipped or resumed).
 CONFIG_HASH_SINCE = {"trainer.tta": False, "trainer.label_smoothing": 0.0, "trainer.drop_remainder": False}
@@ -264,14 +288,21 @@ def config_hash(cfg) -> str:
     tree = OmegaConf.to_container(cfg, resolve=True)
     if keras_backend() != "tensorflow":  # counted only when not the default: earlier runs keep their hash
         tree["keras_backend"] = keras_backend()
-    for dotted in (*CONFIG_HASH_IGNORES, *CONFIG_HASH_SINCE):
+    tree = _without_inert(tree)
+    for dotted, before in CONFIG_HASH_SINCE.items():
         *parents, leaf = dotted.split(".")
         node = tree
         for key in parents:
             node = node.get(key, {})
-        if dotted in CONFIG_HASH_IGNORES or node.get(leaf) == CONFIG_HASH_SINCE[dotted]:
+        if node.get(leaf) == before:
             node.pop(leaf, None)
     return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _without_inert(tree: dict, prefix: str = "") -> dict:
+    """The config tree without the keys of overrides.INERT_KEYS (they compute nothing)."""
+    return {key: _without_inert(value, f"{prefix}{key}.") if isinstance(value, dict) else value
+            for key, value in tree.items() if not is_inert(f"{prefix}{key}")}
 
 
 def run_to_resume(cfg, context: JobContext, client, digest: str, earlier):
@@ -290,8 +321,14 @@ def run_to_resume(cfg, context: JobContext, client, digest: str, earlier):
                               f"{run.data.tags.get('overrides', '')!r}")
         if run.info.status == "FINISHED":
             raise ConfigError("resume", cfg.resume, "an unfinished run (this one FINISHED)")
+        if lifecycle.is_owned_by_live_process(run):
+            raise ConfigError("resume", cfg.resume, "a run no live process is running (process "
+                              f"{run.data.tags.get(lifecycle.OWNER_PID)} on {run.data.tags.get(lifecycle.OWNER_HOST)} "
+                              "still runs this one)")
         return run, checkpoints.folder(run.data.tags.get("output_dir", "."), digest)
-    unfinished = [run for run in earlier if run.info.status != "FINISHED"]
+    # Another live process's run is its own (two sweeps of one config at once): never taken over.
+    unfinished = [run for run in earlier
+                  if run.info.status != "FINISHED" and not lifecycle.is_owned_by_live_process(run)]
     same_folder = [run for run in unfinished if context.output_dir
                    and run.data.tags.get("output_dir") == str(context.output_dir)]
     if same_folder:
@@ -309,7 +346,9 @@ def run_name(cfg, context: JobContext) -> str:
     chart legends, what tells the runs of a sweep apart is then what shows."""
     if cfg.mlflow.run_name:
         return tracking.mask_secrets(cfg.mlflow.run_name)
-    shown = [o for o in context.overrides if not o.lstrip("+~").startswith(HIDDEN_OVERRIDE_PREFIXES)]
+    # Keys that compute nothing (overrides.INERT_KEYS) are not named; nor is the Optuna trial (its
+    # number is the run's `optuna.trial` tag).
+    shown = [o for o in context.overrides if not is_inert(o) and not _override_key(o).startswith("optuna_trial")]
     swept = swept_values(context)
     shown = [f"{k}={v}" for k, v in swept.items()] + [o for o in shown if _override_key(o) not in swept]
     return tracking.mask_secrets(",".join(shown)) if shown else "defaults"
@@ -400,7 +439,7 @@ def _write_status(context: JobContext, status: str, error, run_id=None, value=No
     `skipped`: an earlier run finished this config, so nothing ran."""
     if not context.output_dir:
         return
-    record = {"status": status, "run_id": run_id, "value": value, "skipped": skipped,
+    record = {"status": status, "run_id": run_id, "value": value, "skipped": skipped, "owner": lifecycle.owner(),
               "overrides": [tracking.mask_secrets(o) for o in context.overrides],
               "error": None if error is None else tracking.mask_secrets(f"{type(error).__name__}: {error}"),
               "hint": None if hint is None else tracking.mask_secrets(hint), "outcome": outcome}

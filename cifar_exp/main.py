@@ -87,6 +87,10 @@ def cli() -> None:
         from cifar_exp.tracking.outbox import main as sync_main
 
         sys.exit(sync_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "reap":  # runs left RUNNING by a process that is gone
+        from cifar_exp.tracking.lifecycle import main as reap_main
+
+        sys.exit(reap_main(sys.argv[2:]))
     from cifar_exp import overrides, signals
 
     # TensorFlow's C++ INFO lines (oneDNN, CUDA stubs, memory patches) drown a job's own lines;
@@ -100,6 +104,12 @@ def cli() -> None:
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)
     signals.install()
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher"):  # the joblib extra is installed
+        from cifar_exp.sweeps import launcher
+
+        launcher.register()  # hydra/launcher=joblib loses only the job whose worker is killed
     try:
         main()
     except KeyboardInterrupt as error:  # a deliberate stop: one line, not a traceback

@@ -11,6 +11,15 @@ import difflib
 from typing import Callable, Iterable
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# THE list of keys that do not change what a job computes: where it runs and on what placement
+# (Hydra's own keys and groups, the launcher among them; GPU memory, compile cache, data placement),
+# what it tells (tags, verbosity, tracking), and how it is resumed or skipped. Two jobs differing
+# only in them are the same job: the config hash (job.config_hash), the Optuna study comparison
+# (sweeps/sweeper), the run name (job.run_name), the sweep id (sweeps/summary) and the report's
+# compared keys all read this list, so adding `+tags.x=y` or `trainer.gpu_memory=grow` never
+# blocks a resume. A key matches itself and everything under it (`mlflow` covers `mlflow.run_name`).
+INERT_KEYS = ("hydra", "mlflow", "tags", "sweep", "resume", "trainer.verbose", "trainer.checkpoint",
+              "trainer.data_on_device", "trainer.compile_cache", "trainer.gpu_memory")
 # Keys Hydra checks itself, the free-form run tags, and the key the Optuna sweeper sets per trial.
 UNCHECKED_PREFIXES = ("hydra.", "tags.", "optuna_trial.")
 # Environment variable through which the sweep's swept keys reach its jobs (any launcher).
@@ -48,6 +57,14 @@ def check_removed(overrides: list[str]) -> None:
             message = REMOVED_OPTIONS.get((group, value.strip()))
             if message:
                 raise RemovedOptionError(message)
+
+
+def is_inert(key: str) -> bool:
+    """Whether a config key, an override (`+tags.a=b`, `override hydra/launcher=joblib`) or a
+    group (`hydra/launcher`) is one of INERT_KEYS or lies under one."""
+    key = key.split("=", 1)[0].strip().lstrip("+~").removeprefix("override ").strip().split("@", 1)[0]
+    key = key.replace("/", ".")
+    return any(key == inert or key.startswith(inert + ".") for inert in INERT_KEYS)
 
 
 def multirun_flag_first(args: list[str]) -> list[str]:

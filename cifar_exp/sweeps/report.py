@@ -16,10 +16,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cifar_exp.overrides import is_inert
 from cifar_exp.training.outcome import CHANCE_SIGMAS, DID_NOT_LEARN
 
 REPLICATE_KEYS = ("seed",)  # varied to replicate, not compared: pooled within a group
-IGNORED_PREFIXES = ("optuna_trial", "hydra.", "mlflow.")
 REPORT_TAG = "cifar_exp.report"
 ALPHA = 0.05
 
@@ -121,7 +121,7 @@ def parse_overrides(text: str) -> dict[str, str]:
 
 
 def _compared(key: str) -> bool:
-    return key not in REPLICATE_KEYS and not key.startswith(IGNORED_PREFIXES)
+    return key not in REPLICATE_KEYS and not is_inert(key) and not key.startswith("optuna_trial")
 
 
 def swept_keys(records: list[RunRecord]) -> list[str]:

@@ -287,17 +287,13 @@ def _save_callback(builder: CoreBuilder, path):
 # ------------------------------------------------------------------------------------------------
 # The task
 
-def find_pretraining(client, experiment_name: str, digest: str):
+def find_pretraining(tracker, experiment_name: str, digest: str):
     """The newest FINISHED pretraining run with this hash that holds a checkpoint, or None."""
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        return None
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.`transfer.pretrain_hash` = '{digest}' "
-                                            "and tags.`transfer.role` = 'pretrain' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=5)
+    runs = tracker.find_runs(experiment_name,
+                             f"tags.`transfer.pretrain_hash` = '{digest}' "
+                             "and tags.`transfer.role` = 'pretrain' and attributes.status = 'FINISHED'")
     for run in runs:
-        if any(a.path == f"checkpoint/{CHECKPOINT}" for a in client.list_artifacts(run.info.run_id, "checkpoint")):
+        if tracker.has_artifact(run.info.run_id, f"checkpoint/{CHECKPOINT}"):
             return run
     return None
 
@@ -310,9 +306,9 @@ def pretrained_checkpoint(cfg, tracker, folder: Path) -> tuple[Path, str, bool]:
 
     digest = pretrain_hash(cfg)
     experiment = cfg.mlflow.experiment_name
-    found = find_pretraining(tracker.client, experiment, digest)
+    found = find_pretraining(tracker, experiment, digest)
     if found is not None:
-        path = tracker.client.download_artifacts(found.info.run_id, f"checkpoint/{CHECKPOINT}", str(folder))
+        path = tracker.download_artifact(found.info.run_id, f"checkpoint/{CHECKPOINT}", str(folder))
         log.info("Reusing the checkpoint of pretraining run %s (pretrain hash %s): not retrained",
                  found.info.run_id, digest)
         return Path(path), found.info.run_id, True
@@ -322,8 +318,7 @@ def pretrained_checkpoint(cfg, tracker, folder: Path) -> tuple[Path, str, bool]:
             "transfer.adapter": cfg.transfer.adapter,
             "transfer.lenet_input": "x".join(map(str, lenet_input_shape(cfg))),
             "transfer.requested_by": tracker.run_id, **git_state()}
-    pre_tracker = tracking.RunTracker.start(tracker.client, experiment,
-                                            f"pretrain lenet on {pre_cfg.dataset.name} ({digest[:8]})", tags)
+    pre_tracker = tracker.open_run(experiment, f"pretrain lenet on {pre_cfg.dataset.name} ({digest[:8]})", tags)
     log.info("Pretraining LeNet on %s (pretrain hash %s, MLflow run %s)", pre_cfg.dataset.name, digest,
              pre_tracker.run_id)
     path = folder / CHECKPOINT

@@ -186,24 +186,49 @@ class RunTracker:
 
     @classmethod
     def resume(cls, client, run_id: str, output_dir: str | None = None):
-        """Continue an unfinished run: same id, new metrics appended. The tags that said why it
-        stopped (`error`, `failure_hint`) go: they would contradict the run once it finishes."""
+        """Continue an unfinished run: same id, new metrics appended, this process its owner
+        (owner.py). The tags that said why it stopped (`error`, `failure_hint`, `ended_by`)
+        go: they would contradict the run once it finishes."""
+        from cifar_exp.tracking import owner
+
         _retry(lambda: client.update_run(run_id, status="RUNNING"))
-        stale = [key for key in ("error", "failure_hint") if key in client.get_run(run_id).data.tags]
+        tracker = cls(client, run_id, output_dir)
+        tracker.set_tags(owner.owner())
+        stale = [key for key in ("error", "failure_hint", owner.ENDED_BY) if key in client.get_run(run_id).data.tags]
         for key in stale:
             _retry(lambda key=key: client.delete_tag(run_id, key))
-        tracker = cls(client, run_id, output_dir)
         if output_dir:  # what an earlier process of this job could not send
             tracker.client.resume_outbox()
         return tracker
 
     @classmethod
     def start(cls, client, experiment_name: str, run_name: str, tags: dict[str, str], output_dir: str | None = None):
+        """A new RUNNING run owned by this process (owner.py: host, pid, process start)."""
+        from cifar_exp.tracking import owner
+
         experiment = experiment_id(client, experiment_name)
         name, name_tags = fitting_run_name(mask_secrets(run_name))  # a database's column holds 250 characters
-        tags = {k: mask_secrets(v) for k, v in {**tags, **name_tags}.items()}
+        tags = {**{k: mask_secrets(v) for k, v in {**tags, **name_tags}.items()}, **owner.owner()}
         run = _retry(lambda: client.create_run(experiment, run_name=name, tags=tags))
         return cls(client, run.info.run_id, output_dir)
+
+    def find_runs(self, experiment_name: str, filter_string: str, max_results: int = 5) -> list:
+        experiment = _retry(lambda: self.client.get_experiment_by_name(mask_secrets(experiment_name)))
+        if experiment is None:
+            return []
+        return _retry(lambda: self.client.search_runs([experiment.experiment_id], filter_string=filter_string,
+                                                      order_by=["attributes.start_time DESC"],
+                                                      max_results=max_results))
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        folder = path.rpartition("/")[0] or None
+        return any(a.path == path for a in _retry(lambda: self.client.list_artifacts(run_id, folder)))
+
+    def download_artifact(self, run_id: str, path: str, folder: str) -> str:
+        return _retry(lambda: self.client.download_artifacts(run_id, path, folder))
+
+    def open_run(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> "RunTracker":
+        return RunTracker.start(self.client, experiment_name, run_name, tags)
 
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
@@ -287,9 +312,29 @@ class RunTracker:
 
 
 class NullTracker:
-    """RunTracker's stand-in on the non-chief workers of a multi-worker job: only the chief logs."""
+    """RunTracker's stand-in on the non-chief workers of a multi-worker job: only the chief logs.
+    It honours the whole Tracker protocol (protocol.py). With a client it reads the store as the
+    chief does (so both reuse the same pretraining and stay in step); without one it finds no
+    runs. A run it opens is another NullTracker."""
 
     run_id = None
+
+    def __init__(self, client=None):
+        self._reader = RunTracker(client, "") if client is not None else None
+
+    def find_runs(self, experiment_name: str, filter_string: str, max_results: int = 5) -> list:
+        return self._reader.find_runs(experiment_name, filter_string, max_results) if self._reader else []
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        return bool(self._reader) and self._reader.has_artifact(run_id, path)
+
+    def download_artifact(self, run_id: str, path: str, folder: str) -> str:
+        if not self._reader:
+            raise FileNotFoundError(f"a worker without a store reads no artifacts ({path} of run {run_id})")
+        return self._reader.download_artifact(run_id, path, folder)
+
+    def open_run(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> "NullTracker":
+        return NullTracker(self._reader.client if self._reader else None)
 
     def set_tags(self, tags: dict) -> None:
         pass

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_exp.errors import ConfigError
+from cifar_exp.overrides import is_inert
 from cifar_exp.tracking.runs import mask_secrets
 
 # The full storage URL when the one a job sees had its password masked.
@@ -24,9 +25,6 @@ ORPHAN_ATTR = "orphaned"  # trial user attr: failed because its sweeper died
 NOT_RUN_ATTR = "not_run"  # trial user attr: failed before launch (why)
 SETTINGS_ATTR = "cifar_exp.settings"  # study user attr: what its trials share (study_settings)
 SWEEP_ERROR_ATTR = "cifar_exp.sweep_error"  # trial user attr: a job's config error every trial shares
-# Fixed overrides that do not change what a trial computes: a resumed study may differ in them.
-UNCOMPARED_KEYS = ("hydra", "mlflow", "sweep", "resume", "trainer.verbose", "trainer.checkpoint",
-                   "trainer.data_on_device")
 
 
 # ---------------------------------------------------------------------------- storage
@@ -357,7 +355,7 @@ def study_settings(space: SearchSpace, direction: str, optimized_metric: str, mo
     fixed = {}
     for override in OverridesParser.create().parse_overrides(space.fixed):
         key = override.key_or_group + (f"@{override.package}" if override.package else "")
-        if not any(key == k or key.startswith(k + ".") for k in UNCOMPARED_KEYS):
+        if not is_inert(key):  # keys that compute nothing: a resumed study may differ in them
             fixed[key] = override.input_line
     return {"direction": direction, "optimized_metric": optimized_metric, "monitor": monitor,
             "search_space": {k: distribution_to_json(d) for k, d in space.distributions.items()},
@@ -380,7 +378,7 @@ def settings_change(old: dict, new: dict) -> tuple[str, str, str] | None:
         if before != after:
             return key, before, after
     old_fixed, new_fixed = old.get("fixed_overrides", {}), new["fixed_overrides"]
-    for key in sorted(set(old_fixed) | set(new_fixed)):
+    for key in sorted(k for k in set(old_fixed) | set(new_fixed) if not is_inert(k)):  # stored by an older list
         if old_fixed.get(key) != new_fixed.get(key):
             return key, old_fixed.get(key, "not set"), new_fixed.get(key, "not set")
     return None
