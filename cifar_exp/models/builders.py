@@ -8,19 +8,13 @@ from __future__ import annotations
 
 from cifar_exp.errors import ConfigError
 
-MODEL_NAMES = ("simple_cnn", "allcnn_c", "alexnet", "resnet50", "lenet", "resnet9", "airbench")
-
 
 def build_model(cfg, input_shape, num_classes: int):
-    """Dispatch on `model.name`; every other field of cfg.model is a builder argument."""
-    builders = {
-        "simple_cnn": simple_cnn, "allcnn_c": allcnn_c, "alexnet": alexnet,
-        "resnet50": resnet50, "lenet": lenet, "resnet9": resnet9, "airbench": airbench,
-    }
-    if cfg.name not in builders:
-        raise ConfigError("model.name", cfg.name, ", ".join(MODEL_NAMES))
+    """The builder of `model.name` (registry.MODELS); every other field of cfg.model is a builder argument."""
+    from cifar_exp.models.registry import model_spec
+
     args = {k: v for k, v in cfg.items() if k not in ("name", "kernel_l2", "bias_l2")}
-    return builders[cfg.name](tuple(input_shape), num_classes, **args)
+    return model_spec(cfg.name).build(tuple(input_shape), num_classes, **args)
 
 
 def simple_cnn(input_shape, num_classes, width=32, dense_units=512, dropout_conv=0.25, dropout_dense=0.5):
@@ -151,8 +145,9 @@ def airbench(input_shape, num_classes, **kwargs):
 
 def check_model(cfg) -> None:
     """Model fields by kind: rates in [0, 1), sizes positive integers, penalties >= 0."""
-    if cfg.name not in MODEL_NAMES:
-        raise ConfigError("model.name", cfg.name, ", ".join(MODEL_NAMES))
+    from cifar_exp.models.registry import model_spec
+
+    spec = model_spec(cfg.name)  # ConfigError naming the options for an unknown model
     for key, value in cfg.items():
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if key.startswith("dropout") and not (number and 0 <= value < 1):
@@ -163,8 +158,7 @@ def check_model(cfg) -> None:
             raise ConfigError(f"model.{key}", value, "a number >= 0 (0 disables it)")
         if key == "logit_scale" and not (number and value > 0):
             raise ConfigError(f"model.{key}", value, "a positive number")
-    if cfg.name == "airbench":
-        check_airbench(cfg)
+    spec.check(cfg)  # the model's own fields (airbench: check_airbench)
 
 
 def check_airbench(cfg) -> None:
