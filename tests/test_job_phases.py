@@ -128,14 +128,15 @@ def test_every_model_has_a_spec_and_training_asks_for_none_by_name():
 
 # ----------------------------------------------------------------- a multirun in one process
 
-JOBS, WARMUP = 8, 3
+JOBS, WARMUP = 6, 2
 MAX_GROWTH_MB_PER_JOB = 2.0
 
 
 @pytest.mark.slow
 def test_a_multirun_logs_where_each_jobs_seconds_went_and_does_not_grow_per_job(tmp_path):
-    """8 tiny jobs in one basic-launcher process: each run carries its time/* phases and its RSS
-    after the job (memory/rss_mb); after 3 jobs of warm-up, the process grows at most 2 MB a job."""
+    """6 tiny jobs in one basic-launcher process: each run carries its time/* phases and its RSS
+    after the job (memory/rss_mb); after 2 jobs of warm-up, the process grows at most 2 MB a job
+    (least-squares slope; issue 20.12)."""
     uri = tracking_uri(tmp_path)
     tiny = [o for o in SMOKE if not o.startswith(("trainer.epochs", "dataset.train_size", "dataset.test_size"))]
     done = run_cli(["--multirun", *tiny, "trainer.epochs=1", "dataset.train_size=256", "dataset.test_size=64",
@@ -153,7 +154,5 @@ def test_a_multirun_logs_where_each_jobs_seconds_went_and_does_not_grow_per_job(
     n = len(rss)
     growth = sum((i - (n - 1) / 2) * (v - sum(rss) / n) for i, v in enumerate(rss)) / sum(
         (i - (n - 1) / 2) ** 2 for i in range(n))
-    if growth > MAX_GROWTH_MB_PER_JOB and runs[0].data.tags.get("keras_backend", "tensorflow") == "tensorflow":
-        pytest.xfail(f"{growth:.1f} MB/job: TensorFlow keeps each job's traced step functions alive "
-                     "(benchmarks/README.md, memory across jobs); JAX does not")
+    # Before fit.release_job_state dropped TensorFlow's custom gradients: 12.7 MB a job here.
     assert growth <= MAX_GROWTH_MB_PER_JOB, rss

@@ -260,6 +260,7 @@ def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), bui
     timer = timer or PhaseTimer()
     tracker = timer.timed(tracker, "tracking")  # every call to MLflow counts as time/tracking
     keras.backend.clear_session()  # free the previous job's graphs in a multirun process
+    earlier_gradients = set(_custom_gradient_registry())
     keras.utils.set_random_seed(cfg.seed)
     if cfg.trainer.deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -270,15 +271,34 @@ def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), bui
         return _train_and_evaluate(cfg, tracker, checkpoint_dir, list(extra_callbacks), build_core, timer)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-        release_job_state()
+        release_job_state(earlier_gradients)
         log_phases(tracker, timer)
 
 
-def release_job_state() -> None:
-    """Free what a finished job leaves in the process before the next job of a multirun allocates:
-    Keras' global state and the job's graphs (reference cycles that only a collection frees), and any
-    matplotlib figure left open. Measured (benchmarks/memory_across_jobs.py, 30 tiny jobs): 12.6 MB
-    of growth per job without it; the compiled JAX programs of a sweep stay cached (compiled once)."""
+def _custom_gradient_registry() -> dict:
+    """TensorFlow's global gradient registry ({name: gradient function}), or {} under another backend
+    or a TensorFlow without it (a private attribute: looked up defensively)."""
+    if keras.backend.backend() != "tensorflow":
+        return {}
+    from tensorflow.python.framework import ops as tf_ops
+
+    registry = getattr(getattr(tf_ops, "_gradient_registry", None), "_registry", None)
+    return registry if isinstance(registry, dict) else {}
+
+
+def release_job_state(earlier_gradients=frozenset()) -> None:
+    """Free what a finished job leaves in the process before the next job of a multirun allocates.
+
+    Under TensorFlow, each traced step registers `CustomGradient-<n>` functions in TensorFlow's global
+    gradient registry whose closures hold the step's whole graph, so no collection frees it
+    (tensorflow#97697, keras-team/keras#20245): the entries this job added (not in
+    `earlier_gradients`) are dropped; no later job uses them (each traces its own step). Then
+    Keras' global state, a garbage collection, and any matplotlib figure left open. Measured with
+    benchmarks/memory_across_jobs.py (30 tiny jobs, one process): 12.6 MB of growth per job before.
+    JAX's compiled programs stay cached (a sweep compiles its step once)."""
+    registry = _custom_gradient_registry()
+    for name in [n for n in registry if str(n).startswith("CustomGradient-") and n not in earlier_gradients]:
+        registry.pop(name, None)
     keras.backend.clear_session(free_memory=True)  # includes gc.collect()
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")
