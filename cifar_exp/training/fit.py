@@ -259,7 +259,8 @@ def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), bui
     `time/*` metrics at the end, whether it finished or not, with `memory/rss_mb`."""
     timer = timer or PhaseTimer()
     tracker = timer.timed(tracker, "tracking")  # every call to MLflow counts as time/tracking
-    keras.backend.clear_session()  # free the previous job's graphs in a multirun process
+    with timer.phase("release"):  # Keras' global state: the previous job collected its garbage at its end
+        keras.backend.clear_session(free_memory=False)
     earlier_gradients = set(_custom_gradient_registry())
     keras.utils.set_random_seed(cfg.seed)
     if cfg.trainer.deterministic and keras.backend.backend() == "tensorflow":
@@ -271,7 +272,8 @@ def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), bui
         return _train_and_evaluate(cfg, tracker, checkpoint_dir, list(extra_callbacks), build_core, timer)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-        release_job_state(earlier_gradients)
+        with timer.phase("release"):
+            release_job_state(earlier_gradients)
         log_phases(tracker, timer)
 
 
