@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cifar_exp.errors import ConfigError
 from cifar_exp.models import builders
 
 
@@ -66,8 +67,31 @@ MODELS: dict[str, ModelSpec] = {
 
 def model_spec(name: str) -> ModelSpec:
     """The spec of `model.name`; ConfigError naming the options for an unknown one."""
-    from cifar_exp.errors import ConfigError
-
     if name not in MODELS:
         raise ConfigError("model.name", name, ", ".join(MODELS))
     return MODELS[name]
+
+
+def build_model(cfg, input_shape, num_classes: int):
+    """The network of `cfg` (the `model` group): its builder, with every other field of cfg.model as an
+    argument; a keras.Model from float images (`input_shape`) to `num_classes` logits."""
+    args = {k: v for k, v in cfg.items() if k not in ("name", "kernel_l2", "bias_l2")}
+    return model_spec(cfg.name).build(tuple(input_shape), num_classes, **args)
+
+
+def check_model(cfg) -> None:
+    """Model fields by kind (rates in [0, 1), sizes positive integers, penalties >= 0), then the model's
+    own `check`; raises ConfigError."""
+    spec = model_spec(cfg.name)  # ConfigError naming the options for an unknown model
+    for key, value in cfg.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key.startswith("dropout") and not (number and 0 <= value < 1):
+            raise ConfigError(f"model.{key}", value, "a rate in [0, 1)")
+        if key in ("width", "dense_units") and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ConfigError(f"model.{key}", value, "a positive integer")
+        if key.endswith("_l2") and not (number and value >= 0):
+            raise ConfigError(f"model.{key}", value, "a number >= 0 (0 disables it)")
+        if key == "logit_scale" and not (number and value > 0):
+            raise ConfigError(f"model.{key}", value, "a positive number")
+    spec.check(cfg)  # the model's own fields (airbench: builders.check_airbench)
+

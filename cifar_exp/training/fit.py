@@ -23,9 +23,8 @@ from cifar_exp.data import augment
 from cifar_exp.data.dataset import DataSplits, load_dataset
 from cifar_exp.data.resident import build_feed, has_accelerator
 from cifar_exp.errors import ConfigError
-from cifar_exp.models.builders import build_model
-from cifar_exp.models.registry import model_spec
 from cifar_exp.models.initializers import apply_init, apply_l2
+from cifar_exp.models.registry import build_model, model_spec
 from cifar_exp.spl.callback import build_spl_callback
 from cifar_exp.tracking import plots
 from cifar_exp.training import checkpoints, outcome
