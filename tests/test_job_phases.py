@@ -77,6 +77,23 @@ def test_batch_logs_are_read_only_for_the_batches_a_callback_wants():
     assert _CountedValue.reads == 3 and every_third.seen == [(0, 1.0), (3, 1.0), (6, 1.0)]
 
 
+def test_the_early_estimate_reads_the_first_batch_and_then_only_the_one_where_it_is_due(monkeypatch):
+    from cifar_exp import console
+
+    now = [0.0]
+    monkeypatch.setattr(console.time, "perf_counter", lambda: now[0])
+    progress = console.progress_callback(24, "test")
+    progress.params = {"steps": 1000, "epochs": 24}
+    progress.on_train_begin()
+    wanted = []
+    for batch in range(1000):
+        now[0] = 5.0 + batch  # the first batch ends at 5 s (compiling), then 1 s a batch
+        if progress.wants_batch(batch):
+            wanted.append(batch)
+            progress.on_train_batch_end(batch)
+    assert wanted == [0, console.EARLY_ESTIMATE_S]  # the first batch, then 30 s after it; no other read
+
+
 def _tiny_model(lr):
     import keras
 
