@@ -10,11 +10,14 @@
 # the default ResNet-9 recipe in one process (does the second job load the first's compiled step?); 4. a reduced
 # init_comparison under the joblib launcher at n_jobs 1, 2, 4 (several jobs on one GPU, gpu_memory=auto).
 # Every summary holds per job: test accuracy, process start -> run closed (MLflow's start/end), each
-# epoch's seconds (the first includes compilation), the GPU and versions, the date.
+# epoch's seconds (the first includes compilation), its time/* phases and memory/rss_mb (issue 24.1;
+# benchmarks/job_phases.py prints them as a table from the parts' stores in $WORK), the GPU and versions, the date.
 #
 # A CPU trial with tiny settings (2 min 43 s on the 2-core VM, 2026-11-30; meaningless numbers; it
 # checks that every part runs and writes its summary):
 #   TRIAL=1 OUT=/tmp/gpu_trial bash benchmarks/gpu_session.sh /work/shared/data/cifar10-jpeg.tar.gz
+# (2026-12-04, after issue 24's time/* figures: 9 min 51 s under a load average of ~13, every part exit 0
+# and wrote its summary with each job's phases.)
 set -u
 DATA=${1:?usage: gpu_session.sh /path/to/cifar10}
 OUT=${OUT:-/tmp/gpu_session}
@@ -53,6 +56,8 @@ for run in client.search_runs(experiments, max_results=1000) if experiments else
                  "process_start_to_closed_s": None if run.info.end_time is None else run.info.end_time / 1000 - t0,
                  "start": run.info.start_time / 1000, "epoch_time": history("epoch_time"),
                  "test_accuracy_per_epoch": history("test_accuracy"),
+                 # issue 24.1: where the job's seconds went (time/*, exclusive wall s) and its RSS after it
+                 "phases": {k: round(v, 3) for k, v in run.data.metrics.items() if k.startswith(("time/", "memory/"))},
                  "tags": {k: v for k, v in run.data.tags.items() if k.startswith(("version.", "env.", "keras_backend"))}})
 rows.sort(key=lambda r: r["start"])
 try:
@@ -65,6 +70,8 @@ json.dump({"part": name, "date": datetime.datetime.now(datetime.timezone.utc).is
           open(f"{out}/{name}.json", "w"), indent=1)
 accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] is not None]
 print(f"{name}: {len(rows)} runs, wall {wall:.1f} s, test accuracy {accs}, first-epoch s {[r['epoch_time'][:1] for r in rows]}")
+print(f"{name} phases (s, job by job): " + "; ".join(
+    " ".join(f"{k[5:]}={v:.2f}" for k, v in sorted(r["phases"].items()) if k.startswith("time/")) for r in rows))
 EOF
 }
 part() {  # part NAME TIMEOUT_S OVERRIDES...: one multirun in its own MLflow store, timed from process start
@@ -79,7 +86,7 @@ part() {  # part NAME TIMEOUT_S OVERRIDES...: one multirun in its own MLflow sto
   local rc=${PIPESTATUS[0]}
   local wall; wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   say "part $name: exit $rc, ${wall} s"
-  summarise "$name" "$store" "$wall" "$t0" 2>&1 | tail -n 3 | tee -a "$LOG"
+  summarise "$name" "$store" "$wall" "$t0" 2>&1 | tail -n 4 | tee -a "$LOG"
 }
 
 say "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo none)"

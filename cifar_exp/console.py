@@ -130,6 +130,14 @@ def progress_callback(epochs: int, eval_split: str = "val", on_cpu: bool = False
             self.first_batch_end = None  # the first batch also compiles: the pace is timed after it
             self.estimated = self.warned = False
 
+        def wants_batch(self, batch) -> bool:
+            # A batch's end is read (batch_reads.ReadOnDemand: the read waits for the step, so the
+            # time is the device's, not how far ahead the host queued) only for the first batch and
+            # once the estimate is due: the clock decides, not the logs.
+            if self.estimated or self.epoch_times:
+                return False
+            return self.first_batch_end is None or time.perf_counter() - self.first_batch_end >= EARLY_ESTIMATE_S
+
         def on_train_batch_end(self, batch, logs=None):
             # One early estimate, EARLY_ESTIMATE_S after the first batch, so a long first epoch is
             # not silent (off a terminal nothing else prints before it ends) and a CPU job that

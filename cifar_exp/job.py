@@ -110,6 +110,8 @@ def _run_job(cfg, context: JobContext) -> float:
             tracker.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         if backend_env:
             tracker.set_tags({f"env.{key}": value for key, value in backend_env.items()})
+        # Validation, the store, the devices, the run and its params: the job's seconds before its task.
+        tracker.log_metrics({"time/setup": time.monotonic() - started}, step=0)
         metrics = run_task(cfg, tracker, checkpoint_dir)
         value = float(metrics[cfg.optimized_metric])
     except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP (signals.Stopped): ends a sweep too

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from cifar_exp.data.augment import TTA_LEVELS
 from cifar_exp.data.dataset import check_dataset
 from cifar_exp.errors import ConfigError
-from cifar_exp.models.builders import check_model
+from cifar_exp.models.registry import check_model
 from cifar_exp.models.initializers import check_init
 from cifar_exp.spl.weighting import check_weighting
 from cifar_exp.tasks import TASKS, load

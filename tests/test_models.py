@@ -16,7 +16,7 @@ SEED_PARAM_COUNTS = {
 
 @pytest.mark.parametrize("name", sorted(SEED_PARAM_COUNTS))
 def test_parameter_counts_match_the_seeds(name):
-    from cifar_exp.models.builders import build_model
+    from cifar_exp.models.registry import build_model
 
     shape, expected = SEED_PARAM_COUNTS[name]
     model = build_model(compose([f"model={name}"]).model, shape, 10)
@@ -25,7 +25,7 @@ def test_parameter_counts_match_the_seeds(name):
 
 
 def test_resnet50_is_keras_applications_with_the_seed_head():
-    from cifar_exp.models.builders import build_model
+    from cifar_exp.models.registry import build_model
 
     model = build_model(compose(["model=resnet50"]).model, (32, 32, 3), 10)
     backbone = model.layers[1]
@@ -41,7 +41,7 @@ def _weights(model):
 
 
 def test_zeros_and_ones_reach_every_kernel_and_bias_same():
-    from cifar_exp.models.builders import build_model
+    from cifar_exp.models.registry import build_model
     from cifar_exp.models.initializers import apply_init
 
     model = build_model(compose(["model=simple_cnn"]).model, (32, 32, 3), 10)
@@ -53,7 +53,7 @@ def test_zeros_and_ones_reach_every_kernel_and_bias_same():
 
 
 def test_initializer_parameters_come_from_the_config():
-    from cifar_exp.models.builders import build_model
+    from cifar_exp.models.registry import build_model
     from cifar_exp.models.initializers import apply_init
 
     model = build_model(compose(["model=simple_cnn"]).model, (32, 32, 3), 10)
@@ -63,7 +63,7 @@ def test_initializer_parameters_come_from_the_config():
 
 
 def test_torch_uniform_is_bounded_by_one_over_sqrt_fan_in():
-    from cifar_exp.models.builders import build_model
+    from cifar_exp.models.registry import build_model
     from cifar_exp.models.initializers import apply_init
 
     model = build_model(compose(["model=resnet9"]).model, (32, 32, 3), 10)
@@ -75,7 +75,7 @@ def test_torch_uniform_is_bounded_by_one_over_sqrt_fan_in():
 
 
 def test_l2_penalties_are_added_to_the_loss():
-    from cifar_exp.models.builders import build_model
+    from cifar_exp.models.registry import build_model
     from cifar_exp.models.initializers import apply_l2
 
     model = build_model(compose(["model=lenet"]).model, (28, 28, 1), 10)

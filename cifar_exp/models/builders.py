@@ -3,24 +3,11 @@
 Each builder returns a keras.Model from float images to logits; the input pipeline
 (preprocessing, augmentation) is put in front by training/fit.py. Initializers and L2 are
 applied afterwards to every conv/dense layer (initializers.py), the same way for all.
+registry.py maps each `model=` option to its builder here (build_model, check_model).
 """
 from __future__ import annotations
 
 from cifar_exp.errors import ConfigError
-
-MODEL_NAMES = ("simple_cnn", "allcnn_c", "alexnet", "resnet50", "lenet", "resnet9", "airbench")
-
-
-def build_model(cfg, input_shape, num_classes: int):
-    """Dispatch on `model.name`; every other field of cfg.model is a builder argument."""
-    builders = {
-        "simple_cnn": simple_cnn, "allcnn_c": allcnn_c, "alexnet": alexnet,
-        "resnet50": resnet50, "lenet": lenet, "resnet9": resnet9, "airbench": airbench,
-    }
-    if cfg.name not in builders:
-        raise ConfigError("model.name", cfg.name, ", ".join(MODEL_NAMES))
-    args = {k: v for k, v in cfg.items() if k not in ("name", "kernel_l2", "bias_l2")}
-    return builders[cfg.name](tuple(input_shape), num_classes, **args)
 
 
 def simple_cnn(input_shape, num_classes, width=32, dense_units=512, dropout_conv=0.25, dropout_dense=0.5):
@@ -147,24 +134,6 @@ def airbench(input_shape, num_classes, **kwargs):
     from cifar_exp.models import airbench as module
 
     return module.airbench(input_shape, num_classes, **kwargs)
-
-
-def check_model(cfg) -> None:
-    """Model fields by kind: rates in [0, 1), sizes positive integers, penalties >= 0."""
-    if cfg.name not in MODEL_NAMES:
-        raise ConfigError("model.name", cfg.name, ", ".join(MODEL_NAMES))
-    for key, value in cfg.items():
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key.startswith("dropout") and not (number and 0 <= value < 1):
-            raise ConfigError(f"model.{key}", value, "a rate in [0, 1)")
-        if key in ("width", "dense_units") and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            raise ConfigError(f"model.{key}", value, "a positive integer")
-        if key.endswith("_l2") and not (number and value >= 0):
-            raise ConfigError(f"model.{key}", value, "a number >= 0 (0 disables it)")
-        if key == "logit_scale" and not (number and value > 0):
-            raise ConfigError(f"model.{key}", value, "a positive number")
-    if cfg.name == "airbench":
-        check_airbench(cfg)
 
 
 def check_airbench(cfg) -> None:

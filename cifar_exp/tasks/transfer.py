@@ -244,7 +244,7 @@ class CoreBuilder:
     def __call__(self, cfg, data):
         import keras
 
-        from cifar_exp.models.builders import build_model
+        from cifar_exp.models.registry import build_model
         from cifar_exp.models.initializers import apply_init, apply_l2
 
         t, adapter = cfg.transfer, ADAPTERS[cfg.transfer.adapter]

@@ -23,15 +23,17 @@ from cifar_exp.data import augment
 from cifar_exp.data.dataset import DataSplits, load_dataset
 from cifar_exp.data.resident import build_feed, has_accelerator
 from cifar_exp.errors import ConfigError
-from cifar_exp.models.builders import build_model
 from cifar_exp.models.initializers import apply_init, apply_l2
+from cifar_exp.models.registry import build_model, model_spec
 from cifar_exp.spl.callback import build_spl_callback
 from cifar_exp.tracking import plots
 from cifar_exp.training import checkpoints, outcome
+from cifar_exp.training.batch_reads import ReadOnDemand
 from cifar_exp.training.distribute import build_strategy, inference_batch_size
 from cifar_exp.training.losses import LossSettings, build_loss
 from cifar_exp.training.metrics import ConfusionAccuracy
 from cifar_exp.training.optim import build_lr_schedule, build_optimizer
+from cifar_exp.training.phases import PhaseTimer
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +174,9 @@ def build_classifier(cfg, data: DataSplits, build_core=None):
         apply_init(core, cfg.init)
         apply_l2(core, kernel_l2, bias_l2, settings)
     inputs = keras.Input(data.image_shape, dtype="uint8", name="images")
-    preprocessing = augment.build_preprocessing(cfg.dataset.preprocess, data.x_train)
-    if build_core is None and cfg.model.name == "airbench":  # its first layer whitens the training images' patches
-        from cifar_exp.models.airbench import WHITENING_IMAGES, fit_whitening
-
-        fit_whitening(core, ops.convert_to_numpy(preprocessing(data.x_train[:WHITENING_IMAGES])))
+    preprocessing = augment.build_preprocessing(cfg.dataset.preprocess, data.x_train, data_identity(data))
+    if build_core is None:  # what the model needs before fit (airbench: whitening from the training images)
+        model_spec(cfg.model.name).prepare(core, preprocessing, data.x_train)
     x = preprocessing(inputs)
     augmentation = augment.build_augmentation(cfg.dataset.augment, data.image_shape)
     if augmentation is not None:
@@ -185,6 +185,18 @@ def build_classifier(cfg, data: DataSplits, build_core=None):
     # Under mixed precision the logits, softmax and loss stay float32.
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(network(x))
     return keras.Model(inputs, settings(logits), name=f"{core.name}_classifier")
+
+
+def data_identity(data: DataSplits):
+    """A hashable identity of the training images (the source file's sha256, which of its images, their
+    shape), for statistics kept across the jobs of a process; None when the source has no checksum
+    (synthetic data: cheap to recompute)."""
+    digest, index = data.info.get("sha256"), data.info.get("train_index")
+    if not digest or index is None:
+        return None
+    import hashlib
+
+    return data.name, digest, hashlib.sha1(np.ascontiguousarray(index).tobytes()).hexdigest(), data.x_train.shape
 
 
 def progress_verbosity(setting) -> int:
@@ -202,12 +214,53 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
     (checkpoints.restore_point picks the state to resume).
     """
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, timer: PhaseTimer | None = None):
         super().__init__(folder, save_freq="epoch", double_checkpoint=True, delete_checkpoint=True)
+        self.timer = timer or PhaseTimer()
+
+    def wants_batch(self, batch) -> bool:
+        return False  # it saves at epoch ends only: no batch's logs need reading for it (batch_reads.py)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.timer.phase("checkpoint"):
+            super().on_epoch_end(epoch, logs)
 
 
-def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), build_core=None) -> dict[str, float]:
-    keras.backend.clear_session()  # free the previous job's graphs in a multirun process
+class PhaseClock(keras.callbacks.Callback):
+    """Times, inside `model.fit`, the first training step (`compile`: tracing, compiling and running
+    it, up to the read of its logs) and the evaluations of the evaluated split (`validate`)."""
+
+    def __init__(self, timer: PhaseTimer):
+        super().__init__()
+        self.timer, self.first_step_s = timer, None
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def wants_batch(self, batch) -> bool:
+        return self.first_step_s is None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - self.started
+            self.timer.add("compile", self.first_step_s)
+
+    def on_test_begin(self, logs=None):
+        self.test_started = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.timer.add("validate", time.perf_counter() - self.test_started)
+
+
+def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), build_core=None,
+        timer: PhaseTimer | None = None) -> dict[str, float]:
+    """Train and evaluate one job; its phases' wall seconds (`timer`'s, PhaseTimer) go to the run as
+    `time/*` metrics at the end, whether it finished or not, with `memory/rss_mb`."""
+    timer = timer or PhaseTimer()
+    tracker = timer.timed(tracker, "tracking")  # every call to MLflow counts as time/tracking
+    with timer.phase("release"):  # Keras' global state: the previous job collected its garbage at its end
+        keras.backend.clear_session(free_memory=False)
+    earlier_gradients = set(_custom_gradient_registry())
     keras.utils.set_random_seed(cfg.seed)
     if cfg.trainer.deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -215,13 +268,55 @@ def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), bui
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     try:
-        return _train_and_evaluate(cfg, tracker, checkpoint_dir, list(extra_callbacks), build_core)
+        return _train_and_evaluate(cfg, tracker, checkpoint_dir, list(extra_callbacks), build_core, timer)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        with timer.phase("release"):
+            release_job_state(earlier_gradients)
+        log_phases(tracker, timer)
 
 
-def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_core=None) -> dict[str, float]:
-    data = load_dataset(cfg.dataset, cfg.seed)
+def _custom_gradient_registry() -> dict:
+    """TensorFlow's global gradient registry ({name: gradient function}), or {} under another backend
+    or a TensorFlow without it (a private attribute: looked up defensively)."""
+    if keras.backend.backend() != "tensorflow":
+        return {}
+    from tensorflow.python.framework import ops as tf_ops
+
+    registry = getattr(getattr(tf_ops, "_gradient_registry", None), "_registry", None)
+    return registry if isinstance(registry, dict) else {}
+
+
+def release_job_state(earlier_gradients=frozenset()) -> None:
+    """Free what a finished job leaves in the process before the next job of a multirun allocates.
+
+    Under TensorFlow, each traced step registers `CustomGradient-<n>` functions in TensorFlow's global
+    gradient registry whose closures hold the step's whole graph, so no collection frees it
+    (tensorflow#97697, keras-team/keras#20245): the entries this job added (not in
+    `earlier_gradients`) are dropped; no later job uses them (each traces its own step). Then
+    Keras' global state, a garbage collection, and any matplotlib figure left open. Measured with
+    benchmarks/memory_across_jobs.py (30 tiny jobs, one process): 12.6 MB of growth per job before.
+    JAX's compiled programs stay cached (a sweep compiles its step once)."""
+    registry = _custom_gradient_registry()
+    for name in [n for n in registry if str(n).startswith("CustomGradient-") and n not in earlier_gradients]:
+        registry.pop(name, None)
+    keras.backend.clear_session(free_memory=True)  # includes gc.collect()
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
+def log_phases(tracker, timer: PhaseTimer) -> None:
+    """The `time/*` and `memory/rss_mb` figures, at step 0; a store that refuses them costs the run
+    nothing else (RunTracker keeps refused values for its next write)."""
+    try:
+        tracker.log_metrics(timer.metrics(), step=0)
+    except Exception as error:
+        log.warning("could not log the job's phase times (%s)", error)
+
+
+def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_core, timer) -> dict[str, float]:
+    with timer.phase("data"):
+        data = load_dataset(cfg.dataset, cfg.seed)
     tracker.set_tags({"data.n_train": len(data.y_train), "data.n_test": len(data.y_test),
                       "data.n_val": 0 if data.y_val is None else len(data.y_val),
                       "data.eval_split": data.eval_split})
@@ -242,7 +337,8 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
                     len(data.y_train) % batch_size, len(data.y_train), 100 * (len(data.y_train) % batch_size)
                     / len(data.y_train))
     # Images as arrays on the host, or as indices into a copy resident on the accelerator.
-    feed = build_feed(cfg.trainer.data_on_device, data)
+    with timer.phase("data"):
+        feed = build_feed(cfg.trainer.data_on_device, data)
     # Self-paced learning rewrites these per-sample weights before each epoch (None: plain training).
     sample_weights = np.ones(len(data.y_train), dtype="float32")
     spl = build_spl_callback(cfg.weighting, x_train=feed.train, y_train=data.y_train,
@@ -252,7 +348,7 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
                              tracker=tracker, noisy_mask=data.info.get("noisy_mask"),
                              checkpoint_dir=checkpoint_dir, first_epoch=first_epoch)
 
-    with strategy.scope():
+    with strategy.scope(), timer.phase("build"):
         classifier = build_classifier(cfg, data, build_core)
         model = feed.training_model(classifier)  # the classifier itself, or indices -> resident images -> it
         schedule = build_lr_schedule(cfg.lr_schedule, cfg.optimizer.lr, steps_per_epoch, epochs)
@@ -279,35 +375,39 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
     # The divergence check runs before the checkpoint so a diverged epoch is never saved.
     callbacks += [logger, outcome.divergence_callback(data.num_classes, data.eval_split)]
     if checkpoint_dir:
-        callbacks.append(Checkpoint(checkpoint_dir))
+        callbacks.append(Checkpoint(checkpoint_dir, timer))
     callbacks.append(logger.sender())
     if cfg.get("optuna_trial"):
         from cifar_exp.sweeps.pruning import build_trial_callback
 
         callbacks.append(build_trial_callback(cfg, tracker))
-    if cfg.model.name == "airbench" and build_core is None:
-        from cifar_exp.models.airbench import training_callbacks
-
-        callbacks += training_callbacks(cfg.model, classifier)
+    if build_core is None:  # the model's own (airbench: the whitening bias frozen after its epochs)
+        callbacks += model_spec(cfg.model.name).callbacks(cfg.model, classifier)
     callbacks += augment.training_callbacks(classifier)  # alternating flip's epoch parity
     callbacks += extra_callbacks
     # First, so an epoch's line is out before a later callback stops the job in it.
     callbacks.insert(0, console.progress_callback(epochs, data.eval_split, on_cpu=not has_accelerator(),
                                                   print_epochs=cfg.trainer.verbose == "auto"))
+    callbacks.insert(0, PhaseClock(timer))
 
     # shuffle=False: TrainBatches shuffles by (seed, epoch); Keras' own shuffle of batch order
     # draws from Python's global RNG, which a resumed job could not reproduce.
-    model.fit(batches, epochs=epochs, validation_data=(eval_x, eval_y),
-              validation_batch_size=inference_batch_size(len(eval_y), batch_size, replicas),
-              callbacks=callbacks, verbose=progress_verbosity(cfg.trainer.verbose), shuffle=False)
+    # ReadOnDemand: a batch's logs are read from the device only where a callback asks for them.
+    verbose = progress_verbosity(cfg.trainer.verbose)
+    with timer.phase("train"):
+        model.fit(batches, epochs=epochs, validation_data=(eval_x, eval_y),
+                  validation_batch_size=inference_batch_size(len(eval_y), batch_size, replicas),
+                  callbacks=ReadOnDemand(callbacks, model, verbose, epochs, len(batches)), verbose=verbose,
+                  shuffle=False)
 
     test_batch_size = inference_batch_size(len(data.y_test), batch_size, replicas)
-    final = _final_test_metrics(model, feed, data, logger, test_batch_size)
+    with timer.phase("evaluate"):
+        final = _final_test_metrics(model, feed, data, logger, test_batch_size)
     outcome.check_metrics(final, data.num_classes, "the final evaluation")
     if data.eval_split != "test":  # otherwise the last epoch already logged these values
         tracker.log_metrics(final, step=len(logger.epochs))
     outcome.record_learning_outcome(tracker, final, data.y_test, step=len(logger.epochs))
-    _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, test_batch_size, accuracy.matrix())
+    _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, test_batch_size, accuracy.matrix(), timer)
     # Sweepers may optimise the last validation metrics (already logged per epoch).
     final.update({key: values[-1] for key, values in logger.history.items() if key.startswith("val_")})
     return final
@@ -324,19 +424,23 @@ def _final_test_metrics(model, feed, data, logger, batch_size) -> dict[str, floa
     return {f"test_{k}": float(results[k]) for k in FINAL_KEYS if k in results}
 
 
-def _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, batch_size, counts) -> None:
+def _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, batch_size, counts, timer) -> None:
     """Figures, the resolved config, the confusion matrix (`counts`: the last evaluation's) and the model."""
-    tracker.log_figure(plots.learning_curves(logger.history, data.eval_split), "learning_curves.png")
+    with timer.phase("plots"):  # drawing; rendering and sending them is time/tracking
+        tracker.log_figure(plots.learning_curves(logger.history, data.eval_split), "learning_curves.png")
     if counts.sum() != len(data.y_test):  # the last evaluation was not the test split's (a job resumed when done)
-        predicted = np.argmax(model.predict(feed.test, batch_size=batch_size, verbose=0), axis=1)
+        with timer.phase("evaluate"):
+            predicted = np.argmax(model.predict(feed.test, batch_size=batch_size, verbose=0), axis=1)
         k = data.num_classes
         counts = np.bincount(data.y_test * k + predicted, minlength=k * k).reshape(k, k)
-    tracker.log_figure(plots.confusion_matrix(counts, data.class_names), "confusion_matrix.png")
+    with timer.phase("plots"):
+        tracker.log_figure(plots.confusion_matrix(counts, data.class_names), "confusion_matrix.png")
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     tracker.log_text(",".join(["true\\predicted", *data.class_names]) + "\n" + "\n".join(
         ",".join([name, *map(str, row)]) for name, row in zip(data.class_names, counts)), "confusion_matrix.csv")
     if cfg.mlflow.log_model:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.keras"
-            classifier.save(path)  # takes images, wherever training read them from
+            with timer.phase("save_model"):
+                classifier.save(path)  # takes images, wherever training read them from
             tracker.log_artifact(str(path))

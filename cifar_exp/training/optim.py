@@ -5,21 +5,54 @@ initial rate is always `optimizer.lr`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from cifar_exp.errors import ConfigError
 
-# optimizer name -> (Keras class, fixed keyword arguments, config fields it takes)
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One `optimizer=` option. A Keras optimizer class (`keras_class`, with `fixed` keyword arguments
+    and the config `fields` it takes), or its own `build(cfg, learning_rate, batch_size, total_steps)`;
+    `check(cfg)` raises ConfigError for the fields only it has. Every option goes through the same two
+    calls (check_optimizer, build_optimizer): none is asked for by name."""
+
+    keras_class: str | None = None
+    fixed: dict = field(default_factory=dict)
+    fields: tuple[str, ...] = ()
+    build: Callable | None = None
+    check: Callable | None = None
+
+
+def _check_airbench(cfg) -> None:
+    every = cfg.get("lookahead_every")
+    if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
+        raise ConfigError("optimizer.lookahead_every", every, "a positive integer (steps)")
+    for key in ("lookahead_decay", "lookahead_start"):
+        if not (_is_number(cfg.get(key)) and 0 <= cfg.get(key) <= 1):
+            raise ConfigError(f"optimizer.{key}", cfg.get(key), "a number in [0, 1]")
+    _positive("optimizer.lookahead_pow", cfg.get("lookahead_pow"))
+
+
+def _build_airbench(cfg, learning_rate, batch_size, total_steps):
+    from cifar_exp.models.airbench import build_airbench_optimizer
+
+    return build_airbench_optimizer(cfg, learning_rate, batch_size, total_steps)
+
+
 OPTIMIZERS = {
-    "sgd": ("SGD", {}, ("momentum",)),
-    "momentum": ("SGD", {}, ("momentum",)),
-    "nesterov": ("SGD", {"nesterov": True}, ("momentum",)),
-    "adam": ("Adam", {}, ()),
-    "adamw": ("AdamW", {}, ()),
-    "adadelta": ("Adadelta", {}, ()),
-    "adagrad": ("Adagrad", {}, ()),
-    "rmsprop": ("RMSprop", {}, ("momentum",)),
-    "nadam": ("Nadam", {}, ()),
-    # airbench.AirbenchSGD: Nesterov SGD, rate and decay per 1,024 examples, Lookahead.
-    "airbench": ("AirbenchSGD", {}, ("momentum",)),
+    "sgd": OptimizerSpec("SGD", fields=("momentum",)),
+    "momentum": OptimizerSpec("SGD", fields=("momentum",)),
+    "nesterov": OptimizerSpec("SGD", {"nesterov": True}, ("momentum",)),
+    "adam": OptimizerSpec("Adam"),
+    "adamw": OptimizerSpec("AdamW"),
+    "adadelta": OptimizerSpec("Adadelta"),
+    "adagrad": OptimizerSpec("Adagrad"),
+    "rmsprop": OptimizerSpec("RMSprop", fields=("momentum",)),
+    "nadam": OptimizerSpec("Nadam"),
+    # airbench.AirbenchSGD: Nesterov SGD, rate and decay per 1,024 examples (batch_size, total_steps), Lookahead.
+    "airbench": OptimizerSpec(build=_build_airbench, check=_check_airbench),
 }
 SCHEDULES = ("constant", "piecewise", "onecycle", "cosine", "exponential", "triangle")
 
@@ -33,14 +66,8 @@ def check_optimizer(cfg) -> None:
     for key in ("weight_decay", "clipnorm"):
         if cfg.get(key) is not None:
             _positive(f"optimizer.{key}", cfg[key], "null or a positive number")
-    if cfg.name == "airbench":
-        every = cfg.get("lookahead_every")
-        if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
-            raise ConfigError("optimizer.lookahead_every", every, "a positive integer (steps)")
-        for key in ("lookahead_decay", "lookahead_start"):
-            if not (_is_number(cfg.get(key)) and 0 <= cfg.get(key) <= 1):
-                raise ConfigError(f"optimizer.{key}", cfg.get(key), "a number in [0, 1]")
-        _positive("optimizer.lookahead_pow", cfg.get("lookahead_pow"))
+    if OPTIMIZERS[cfg.name].check is not None:
+        OPTIMIZERS[cfg.name].check(cfg)
 
 
 def check_schedule(cfg, epochs: int) -> None:
@@ -120,23 +147,22 @@ def _keras_schedule(cfg, lr: float, steps_per_epoch: int, epochs: int):
 
 
 def build_optimizer(cfg, learning_rate, batch_size: int | None = None, total_steps: int | None = None):
-    """The Keras optimizer for `cfg` (the `optimizer` group) and a rate or schedule; `batch_size` and
-    `total_steps` are needed by optimizer=airbench only (its rates are per 1,024 examples)."""
+    """The Keras optimizer for `cfg` (the `optimizer` group, OPTIMIZERS) and a rate or schedule;
+    `batch_size` and `total_steps` are for the options that build their own (airbench: its rates are
+    per 1,024 examples)."""
     import keras
 
     from cifar_exp.training.schedules import OptimizerVariables
 
-    if cfg.name == "airbench":
-        from cifar_exp.models.airbench import build_airbench_optimizer
-
-        return build_airbench_optimizer(cfg, learning_rate, batch_size, total_steps)
-    class_name, fixed, fields = OPTIMIZERS[cfg.name]
-    kwargs = dict(fixed, learning_rate=learning_rate)
-    kwargs.update({k: cfg[k] for k in fields if k in cfg})
+    spec = OPTIMIZERS[cfg.name]
+    if spec.build is not None:
+        return spec.build(cfg, learning_rate, batch_size, total_steps)
+    kwargs = dict(spec.fixed, learning_rate=learning_rate)
+    kwargs.update({k: cfg[k] for k in spec.fields if k in cfg})
     for key in ("weight_decay", "clipnorm"):
         if cfg.get(key) is not None:
             kwargs[key] = cfg[key]
-    optimizer = getattr(keras.optimizers, class_name)(**kwargs)
+    optimizer = getattr(keras.optimizers, spec.keras_class)(**kwargs)
     if isinstance(learning_rate, OptimizerVariables):
         learning_rate.track(optimizer)
     return optimizer

@@ -1,7 +1,7 @@
 """What a run's numbers say: a diverged run fails, a run at chance level is tagged "did not learn".
 
-Diverged: a loss or metric that is NaN/inf on any split, at any batch or epoch end or in the
-final evaluation, or a training cross-entropy above EXPLOSION_FACTOR x ln(classes). Did not
+Diverged: a loss or metric that is NaN/inf on any split, at a training batch read every
+DIVERGENCE_CHECK_S, at an epoch end or in the final evaluation, or a training cross-entropy above EXPLOSION_FACTOR x ln(classes). Did not
 learn: the final test accuracy is below the chance level plus CHANCE_SIGMAS binomial standard deviations. Importing
 this module does not import Keras (job.py and main.py use it); `divergence_callback` does.
 """
@@ -25,6 +25,10 @@ NOT_CHECKED_PREFIXES = ("spl_",)
 # Metrics that are a plain (unweighted, unsmoothed, penalty-free) cross-entropy in nats.
 CROSS_ENTROPY_KEYS = ("cross_entropy", "unweighted_loss")
 LEARNED, DID_NOT_LEARN = "learned", "did_not_learn"
+# Wall seconds between two reads of a training batch's logs by the divergence check. Each read waits
+# for its step (the host stops queueing steps), so not every batch: a diverged run is stopped within
+# this many seconds of training, or at the epoch's end (always checked) when that comes first.
+DIVERGENCE_CHECK_S = 5.0
 
 
 class TrainingDiverged(FloatingPointError):
@@ -67,14 +71,18 @@ def check_metrics(metrics: Mapping[str, float], num_classes: int, where: str, ev
                                    f"({EXPLOSION_FACTOR} x ln {num_classes}, the bound for an exploding loss)")
 
 
-def divergence_callback(num_classes: int, eval_split: str):
+def divergence_callback(num_classes: int, eval_split: str, every_s: float = DIVERGENCE_CHECK_S):
     """A Keras callback that stops training with TrainingDiverged as soon as a logged value fails
-    `check_metrics`: after every training batch (Keras' running means of the epoch) and at every
-    epoch's end (the evaluated split too).
+    `check_metrics`: at a training batch (Keras' running means of the epoch) at most every `every_s`
+    wall seconds (0: every batch), and at every epoch's end (the evaluated split too).
 
+    Its `wants_batch` (batch_reads.ReadOnDemand) says when a batch's logs are worth reading, from
+    the clock alone; under Keras' own callback list every batch is checked.
     Not keras.callbacks.TerminateOnNaN: that one looks at the training `loss` only, catches no
     finite explosion, and (raise_error=False) ends fit as if training had finished.
     """
+    import time
+
     import keras
 
     class StopOnDivergence(keras.callbacks.Callback):
@@ -85,6 +93,14 @@ def divergence_callback(num_classes: int, eval_split: str):
         def __init__(self):
             super().__init__()
             self.epoch = 0
+            self.last_read = -math.inf
+
+        def wants_batch(self, batch) -> bool:
+            now = time.monotonic()
+            if now - self.last_read < every_s:
+                return False
+            self.last_read = now
+            return True
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
