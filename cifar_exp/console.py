@@ -51,6 +51,19 @@ def ui_hint(tracking_uri: str, page: str) -> str:
             f"(then http://{UI_HOST}:{UI_PORT}/{page})")
 
 
+def run_link(tracking_uri: str, run_id: str) -> str:
+    """`ui_hint` for a run's own page (its experiment read from the store); where the store does
+    not answer, the run id alone."""
+    from cifar_exp.tracking.runs import _retry, connect
+
+    try:
+        experiment = _retry(lambda: connect(tracking_uri).get_run(run_id)).info.experiment_id
+    except Exception as error:  # a link is a convenience: the summary goes on without it
+        log.warning("could not read run %s back from the store (%s)", run_id, error)
+        return f"run {run_id}"
+    return ui_hint(tracking_uri, f"#/experiments/{experiment}/runs/{run_id}")
+
+
 def start_line(run_id: str, experiment_name: str, tracking_uri: str, output_dir: str | None, page: str,
                resumed: bool = False) -> str:
     from cifar_exp.tracking.runs import mask_secrets

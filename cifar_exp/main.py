@@ -58,7 +58,7 @@ def cli() -> None:
     sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
     try:
         check_command_line(sys.argv[1:])
-    except (overrides.UnknownKeyError, overrides.RemovedOptionError) as error:
+    except (overrides.UnknownKeyError, overrides.UnknownChoiceError, overrides.RemovedOptionError) as error:
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)
     signals.install()
@@ -78,6 +78,7 @@ def check_command_line(args: list[str]) -> None:
     """Refuse unknown keys before Hydra composes (its hint for them is to add them with `+`),
     and hand a multirun's swept keys to its jobs (through the environment, which every
     launcher passes on). Anything this cannot compose is left to Hydra to report."""
+    import functools
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -105,6 +106,13 @@ def check_command_line(args: list[str]) -> None:
 
     with context:
         loader = GlobalHydra.instance().config_loader()
+        searchpath = command_line[len(parsed.overrides):]  # -cd's folder: its options count too
+
+        @functools.lru_cache(maxsize=None)
+        def group_options(group: str) -> list[str]:
+            return loader.get_group_options(group, config_name=config_name, overrides=searchpath)
+
+        overrides.check_choices(list(parsed.overrides), group_options)
         try:
             params = overrides.check_keys(command_line, composed, loader.get_group_options)
             swept = overrides.swept_keys(parsed.overrides, params)

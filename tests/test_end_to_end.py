@@ -43,6 +43,12 @@ def test_multirun_over_two_initializers_shares_one_sweep_id(tmp_path):
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
     assert "Sweep summary: 2 finished, 0 failed" in result.stdout
     assert (tmp_path / "sweep" / "0" / "job_status.json").exists()
+    # The answer: the jobs best first, the best run's page, the report command for this sweep.
+    assert "init       status" in result.stdout and "test_accuracy" in result.stdout
+    best = max(runs, key=lambda r: r.data.metrics["test_accuracy"])
+    assert f"#/experiments/{best.info.experiment_id}/runs/{best.info.run_id}" in result.stdout
+    sweep_id = runs[0].data.tags["sweep_id"]
+    assert f"cifar-exp report --sweep-id {sweep_id} --tracking-uri {uri}" in result.stdout
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
