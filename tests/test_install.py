@@ -37,10 +37,11 @@ def test_pyproject_lists_every_package_and_every_config_group():
 
 
 def readme_own_configs(folder: Path) -> list[str]:
-    """Writes the README's example files under `folder`; returns their paths relative to it."""
-    text = (ROOT / "README.md").read_text()
+    """Writes the documentation's example files (docs/recipes.md, "Your own configs") under `folder`;
+    returns their paths relative to it."""
+    text = (ROOT / "docs" / "recipes.md").read_text()
     section = text[text.index("## Your own configs"):]
-    section = section[:section.index("\n## ", 1)]
+    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
     written = []
     for relative, body in re.findall(r"`~/my_conf/([\w/]+\.yaml)`:\n\n```yaml\n(.*?)```", section, flags=re.S):
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
