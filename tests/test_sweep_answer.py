@@ -35,6 +35,7 @@ def test_a_loss_is_ranked_lowest_first():
     jobs = [record(["lr=1"], value=2.0), record(["lr=2"], value=0.5)]
     assert [r["overrides"] for r in ranked(jobs, "test_loss")] == [["lr=2"], ["lr=1"]]
     assert [r["overrides"] for r in ranked(jobs, "test_accuracy")] == [["lr=1"], ["lr=2"]]
+    assert [r["overrides"] for r in ranked(jobs, "test_accuracy", "minimize")] == [["lr=2"], ["lr=1"]]  # Optuna's
 
 
 def test_an_optuna_trials_internal_override_is_never_shown():
@@ -43,6 +44,22 @@ def test_an_optuna_trials_internal_override_is_never_shown():
     table = "\n".join(job_table(jobs, "val_accuracy", []))
     assert "optuna_trial" not in table and "optimizer.lr" in table and "0.1 " in table
     assert shown_overrides(jobs[0]["overrides"]) == ["optimizer.lr=0.01"]
+
+
+def test_print_answer_prints_the_table_and_the_report_command_without_a_store(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from cifar_exp.sweeps.summary import print_answer
+
+    for i, job in enumerate(JOBS):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "job_status.json").write_text(json.dumps({**job, "run_id": None}))
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "optimized_metric": "test_accuracy",
+                               "mlflow": {"tracking_uri": "sqlite:///mlflow.db"}})
+    print_answer(config)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["init", "status", "test_accuracy"] and out[1].startswith("he_normal ")
+    assert out[-1].startswith("Compare the settings (means, 95% intervals, curves): cifar-exp report --sweep-id ")
 
 
 def test_the_report_command_names_this_sweep_and_its_store(tmp_path):

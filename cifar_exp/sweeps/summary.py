@@ -99,24 +99,27 @@ def swept_columns(records: list[dict], swept_keys: list[str]) -> list[str]:
     return list(dict.fromkeys([k for k in swept_keys if k in values] + differing))
 
 
-def lower_is_better(metric: str) -> bool:
-    """The direction a metric is ranked in, as the report and the UI's sweep view rank it."""
+def lower_is_better(metric: str, direction: str | None = None) -> bool:
+    """The direction a metric is ranked in: the sweeper's `direction` where it has one (Optuna),
+    else as the report and the UI's sweep view rank it (a loss or MSE lowest first)."""
+    if direction in ("minimize", "maximize"):
+        return direction == "minimize"
     return metric.endswith(("loss", "mse"))
 
 
-def ranked(records: list[dict], metric: str) -> list[dict]:
+def ranked(records: list[dict], metric: str, direction: str | None = None) -> list[dict]:
     """Jobs with a value best first, then the others (failed, stopped, running) in sweep order."""
     valued = [r for r in records if isinstance(r.get("value"), (int, float)) and math.isfinite(r["value"])
               and r["status"] == "FINISHED"]
-    valued.sort(key=lambda r: r["value"], reverse=not lower_is_better(metric))
+    valued.sort(key=lambda r: r["value"], reverse=not lower_is_better(metric, direction))
     return valued + [r for r in records if r not in valued]
 
 
-def job_table(records: list[dict], metric: str, swept_keys: list[str]) -> list[str]:
+def job_table(records: list[dict], metric: str, swept_keys: list[str], direction: str | None = None) -> list[str]:
     """Lines of a text table: one column per swept key, the status, the metric; best first."""
     columns = swept_columns(records, swept_keys)
     rows = []
-    for record in ranked(records, metric)[:TABLE_ROWS]:
+    for record in ranked(records, metric, direction)[:TABLE_ROWS]:
         values = dict(map(_key_value, record["overrides"]))
         status = record["status"] + (" (did not learn)" if record.get("outcome") == "did_not_learn" else "") \
             + (" (skipped)" if record.get("skipped") else "")
@@ -143,6 +146,8 @@ def report_command(sweep_dir: str, tracking_uri: str) -> str:
 
 def print_answer(config) -> None:
     """The jobs' table, the best run's link and the report command (nothing without jobs)."""
+    from omegaconf import OmegaConf
+
     from cifar_exp.overrides import SWEPT_KEYS_ENV
 
     sweep_dir = config.hydra.sweep.dir
@@ -151,8 +156,10 @@ def print_answer(config) -> None:
         return
     metric = str(config.get("optimized_metric", "test_accuracy"))
     swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k]
-    print("\n".join(job_table(records, metric, swept)), flush=True)
-    best = ranked(records, metric)[0]
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    direction = direction if isinstance(direction, str) else None  # Optuna's may be a list (multi-objective)
+    print("\n".join(job_table(records, metric, swept, direction)), flush=True)
+    best = ranked(records, metric, direction)[0]
     uri = str(config.mlflow.tracking_uri)
     if best["status"] == "FINISHED" and best.get("run_id"):
         from cifar_exp.console import run_link
