@@ -145,7 +145,15 @@ def report_command(sweep_dir: str, tracking_uri: str) -> str:
 
 
 def print_answer(config) -> None:
-    """The jobs' table, the best run's link and the report command (nothing without jobs)."""
+    """The jobs' table, the best run's link and the report command (nothing without jobs). Never
+    raises: the counts above it are the summary a sweep must end with, whatever this cannot read."""
+    try:
+        _print_answer(config)
+    except Exception as error:  # a missing key, an unreadable status file: the answer is a convenience
+        print(f"(no table of the jobs: {type(error).__name__}: {error})", flush=True)
+
+
+def _print_answer(config) -> None:
     from omegaconf import OmegaConf
 
     from cifar_exp.overrides import SWEPT_KEYS_ENV
@@ -154,16 +162,18 @@ def print_answer(config) -> None:
     records = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("**/job_status.json"))]
     if not records:
         return
-    metric = str(config.get("optimized_metric", "test_accuracy"))
+    metric = str(OmegaConf.select(config, "optimized_metric", default="test_accuracy"))
     swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k]
     direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
     direction = direction if isinstance(direction, str) else None  # Optuna's may be a list (multi-objective)
     print("\n".join(job_table(records, metric, swept, direction)), flush=True)
     best = ranked(records, metric, direction)[0]
-    uri = str(config.mlflow.tracking_uri)
+    uri = OmegaConf.select(config, "mlflow.tracking_uri", default=None)
+    if uri is None:
+        return
     if best["status"] == "FINISHED" and best.get("run_id"):
         from cifar_exp.console import run_link
 
         print(f"Best: {metric}={best['value']:.4g} ({' '.join(shown_overrides(best['overrides'])) or 'defaults'}); "
-              f"{run_link(uri, best['run_id'])}", flush=True)
-    print(f"Compare the settings (means, 95% intervals, curves): {report_command(sweep_dir, uri)}", flush=True)
+              f"{run_link(str(uri), best['run_id'])}", flush=True)
+    print(f"Compare the settings (means, 95% intervals, curves): {report_command(sweep_dir, str(uri))}", flush=True)
