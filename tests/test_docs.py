@@ -43,6 +43,7 @@ def test_the_readme_test_command_runs_the_fast_tier_by_default():
     assert "-m 'not slow and not real'" in options["addopts"]
 
 
+@pytest.mark.slow  # a subprocess collecting every test module
 def test_collecting_the_fast_tier_imports_no_keras():
     code = ("import sys, pytest; pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests']); "
             "print('KERAS' if 'keras' in sys.modules or 'tensorflow' in sys.modules else 'NO KERAS')")
