@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cifar_exp import CONFIG_DIR  # the configs' folder (a wheel's cifar_exp/conf, else the checkout's conf/)
+from cifar_exp import CONFIG_DIR  # the configs' folder, cifar_exp/conf
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+CONF = ROOT / "cifar_exp" / "conf"
 
 # A job that trains in seconds on a laptop CPU: LeNet on small synthetic images.
 SMOKE = [

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import CONF
+from conftest import CONF, ROOT
 from cifar_exp.data import readers
 from cifar_exp.data.dataset import CIFAR10_CLASSES, DataError, check_dataset, load_dataset
 from cifar_exp.data.readers import MNIST_CLASSES, STL10_CLASSES
@@ -586,5 +586,5 @@ def test_bad_values_name_the_key_and_what_is_allowed(changes, key, allowed):
 def test_data_modules_do_not_import_tensorflow():
     code = ("import sys, cifar_exp.data.dataset, cifar_exp.data.readers, cifar_exp.data.splits, cifar_exp.data.augment;"
             "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; assert not heavy, heavy")
-    result = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

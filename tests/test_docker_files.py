@@ -70,7 +70,7 @@ def test_the_package_is_installed_with_the_readmes_command(instructions):
     assert len(runs) == 1
     assert " ".join(runs[0].split()) == " ".join(readme_install_command().split())
     copied = " ".join(args for name, args in instructions if name == "COPY")
-    for needed in ("pyproject.toml", "README.md", "cifar_exp", "hydra_plugins", "conf"):
+    for needed in ("pyproject.toml", "README.md", "cifar_exp", "hydra_plugins"):
         assert needed in copied, needed
 
 

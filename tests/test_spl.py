@@ -17,7 +17,7 @@ def build_spl_callback(*args, **kwargs):
 
     return build_spl_callback(*args, **kwargs)
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "weighting"
+CONF = Path(__file__).resolve().parents[1] / "cifar_exp" / "conf" / "weighting"
 SHAPE = (16, 16, 3)
 CLASSES = tuple(f"class_{k}" for k in range(10))
 
