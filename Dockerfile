@@ -17,7 +17,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cifar_exp ./cifar_exp
 COPY hydra_plugins ./hydra_plugins
-COPY conf ./conf
 # tensorflow==2.21.0 is already there; pip adds Keras, Hydra, MLflow, Optuna and the rest.
 RUN pip install -e ".[dev]"
 

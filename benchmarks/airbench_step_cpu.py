@@ -65,7 +65,7 @@ def main() -> None:
         def on_train_end(self, logs=None):
             epoch["now"] = "after fit"
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "cifar_exp" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*BASE, f"trainer.epochs={args.epochs}", *args.overrides])
     profile = cProfile.Profile()
     started = time.perf_counter()

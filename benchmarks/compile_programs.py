@@ -98,7 +98,7 @@ def job(overrides: list[str]) -> dict:
         def on_train_end(self, logs=None):
             phase[0] = "final"
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "cifar_exp" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     validate(cfg)
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from cifar_exp.data.readers import checksum  # noqa: E402
 
 
 def main(path: str, repeats: int = 3) -> None:
-    cfg = OmegaConf.load(ROOT / "conf" / "dataset" / "cifar10.yaml")
+    cfg = OmegaConf.load(ROOT / "cifar_exp" / "conf" / "dataset" / "cifar10.yaml")
     cfg.path = path
     with tempfile.TemporaryDirectory() as cache_dir:
         cfg.cache_dir = cache_dir

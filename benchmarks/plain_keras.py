@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from cifar_exp.data.dataset import load_dataset
 
 path, limit, epochs, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-cfg = OmegaConf.load("conf/dataset/cifar10.yaml")
+cfg = OmegaConf.load("cifar_exp/conf/dataset/cifar10.yaml")
 cfg.path, cfg.limit_train = path, limit
 data = load_dataset(cfg, seed=0)
 x_train, x_test = (data.x_train / np.float32(255)), (data.x_test / np.float32(255))

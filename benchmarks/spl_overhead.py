@@ -103,7 +103,7 @@ class Run:
         loss, metrics = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
         if losses_from is not None:
             # A v-step at every epoch: no warm-up, so every timed epoch pays for it.
-            cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "weighting" / "linear.yaml")
+            cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "cifar_exp" / "conf" / "weighting" / "linear.yaml")
             cfg.losses_from, cfg.warmup_epochs = losses_from, 0
             spl = build_spl_callback(cfg, x_train=x, y_train=y, sample_weights=sample_weights,
                                      batch_size=batch_size, class_names=CLASSES, tracker=NoTracker())

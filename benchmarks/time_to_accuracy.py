@@ -44,7 +44,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "time_to_accuracy.json"
 def compose(recipe: str, seed: int, data_path: str, overrides: list[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "cifar_exp" / "conf"), version_base="1.3"):
         cfg = hydra_compose("config", overrides=[f"experiment={recipe}", f"seed={seed}", "trainer.verbose=0",
                                                  *overrides])
     if data_path != "-":

@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 # A job on a CPU estimated (after its first epoch) to run longer than this gets the quicker options.
 EARLY_ESTIMATE_S = 30  # after the first batch: long enough to time the pace, short enough to be early
 LONG_CPU_JOB_S = 30 * 60
+# Where the printed `mlflow ui` command serves the UI: the command and the link name both.
+UI_HOST, UI_PORT = "127.0.0.1", 5000
 
 
 def duration(seconds: float) -> str:
@@ -45,7 +47,21 @@ def ui_hint(tracking_uri: str, page: str) -> str:
     page = f"{page}{separator}workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}/{page}"
-    return f"see it with: mlflow ui --backend-store-uri {uri} (then http://127.0.0.1:5000/{page})"
+    return (f"see it with: mlflow ui --backend-store-uri {uri} --host {UI_HOST} --port {UI_PORT} "
+            f"(then http://{UI_HOST}:{UI_PORT}/{page})")
+
+
+def run_link(tracking_uri: str, run_id: str) -> str:
+    """`ui_hint` for a run's own page (its experiment read from the store); where the store does
+    not answer, the run id alone."""
+    from cifar_exp.tracking.runs import _retry, connect
+
+    try:
+        experiment = _retry(lambda: connect(tracking_uri).get_run(run_id)).info.experiment_id
+    except Exception as error:  # a link is a convenience: the summary goes on without it
+        log.warning("could not read run %s back from the store (%s)", run_id, error)
+        return f"run {run_id}"
+    return ui_hint(tracking_uri, f"#/experiments/{experiment}/runs/{run_id}")
 
 
 def start_line(run_id: str, experiment_name: str, tracking_uri: str, output_dir: str | None, page: str,

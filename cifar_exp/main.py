@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from cifar_exp import CONFIG_DIR  # the configs' folder (a wheel's cifar_exp/conf, else the checkout's conf/)
+from cifar_exp import CONFIG_DIR  # the configs' folder, cifar_exp/conf
 from cifar_exp.sweeps.sweeper import preflight
 
 
@@ -99,8 +99,8 @@ def cli() -> None:
     sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
     try:
         check_command_line(sys.argv[1:])
-    except (overrides.UnknownKeyError, overrides.RemovedOptionError, overrides.ConfigFileError,
-            overrides.LauncherInSweptOverlayError) as error:
+    except (overrides.UnknownKeyError, overrides.UnknownChoiceError, overrides.RemovedOptionError,
+            overrides.ConfigFileError, overrides.LauncherInSweptOverlayError) as error:
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)
     signals.install()
@@ -128,6 +128,7 @@ def check_command_line(args: list[str]) -> None:
     launcher passes on). A config file that cannot be composed (bad YAML, a defaults entry naming a
     missing option) and a launcher chosen in a swept overlay are refused in one line; anything else
     this cannot compose is left to Hydra to report."""
+    import functools
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -155,6 +156,13 @@ def check_command_line(args: list[str]) -> None:
 
     with context:
         loader = GlobalHydra.instance().config_loader()
+        searchpath = command_line[len(parsed.overrides):]  # -cd's folder: its options count too
+
+        @functools.lru_cache(maxsize=None)
+        def group_options(group: str) -> list[str]:
+            return loader.get_group_options(group, config_name=config_name, overrides=searchpath)
+
+        overrides.check_choices(list(parsed.overrides), group_options)
         try:
             params = overrides.check_keys(command_line, composed, loader.get_group_options)
             swept = overrides.swept_keys(parsed.overrides, params)

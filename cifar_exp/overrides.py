@@ -67,6 +67,40 @@ def is_inert(key: str) -> bool:
     return any(key == inert or key.startswith(inert + ".") for inert in INERT_KEYS)
 
 
+class UnknownChoiceError(ValueError):
+    """A `group=option` override naming an option the group does not have; raised before anything runs."""
+
+    def __init__(self, group: str, option: str, options: list[str]):
+        nearest = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
+        hint = f"did you mean {group}={nearest[0]}? " if nearest else ""
+        super().__init__(f"Unknown {group} option {option!r} (in {group}={option}): {hint}"
+                         f"the options are {', '.join(options)}")
+
+
+def check_choices(overrides: list[str], group_options: Callable[[str], list[str]]) -> None:
+    """Raise UnknownChoiceError for the first `group=option` (each option of a swept `group=a,b`)
+    that is not among the group's options (`group_options(name)`: [] when not a group). Overrides
+    Hydra's parser refuses, or that use sweep functions over groups, are left to Hydra."""
+    try:
+        parsed = parse(overrides)
+    except Exception:  # bad syntax: Hydra's own message says it
+        return
+    for o in parsed:
+        if o.is_delete() or o.package is not None:
+            continue
+        group = o.key_or_group.lstrip("+~")
+        options = group_options(group)
+        if not options:
+            continue
+        try:
+            chosen = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+        except Exception:  # glob(...), range(...) over a group: Hydra expands and checks those
+            continue
+        for option in chosen:
+            if isinstance(option, str) and option not in options:
+                raise UnknownChoiceError(group, option, sorted(options))
+
+
 def multirun_flag_first(args: list[str]) -> list[str]:
     """`-m`/`--multirun` moved to the front: Hydra's argparse takes the overrides as one
     positional list, so overrides written after the flag were 'unrecognized arguments'.

@@ -15,7 +15,7 @@ from postgres_engine import postgres_server  # noqa: F401 (a session fixture: a 
 from slurm_cluster import slurm_cluster  # noqa: F401  (the `cluster` tests' Slurm fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+CONF = ROOT / "cifar_exp" / "conf"
 
 # A job that trains in seconds on a laptop CPU: LeNet on small synthetic images.
 SMOKE = [
@@ -119,3 +119,18 @@ def fake_tracker():
             self.artifacts.append(artifact_file)
 
     return FakeTracker()
+
+
+class lazy:
+    """A module imported at its first attribute access (`keras = lazy("keras")`), so that collecting
+    the tests imports no Keras or TensorFlow: only the tests that use it pay for the import."""
+
+    def __init__(self, name: str):
+        self._lazy_name = name
+
+    def __getattr__(self, attr):
+        import importlib
+
+        if attr.startswith("_") or attr.startswith("pytest"):  # pytest's probes while collecting
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self._lazy_name), attr)

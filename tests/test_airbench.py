@@ -1,19 +1,17 @@
 """model=airbench and its pieces: the whitening layer, the translate augmentation and TTA, the
 BatchNorm-bias rate multiplier, AirbenchSGD's schedule/decay/Lookahead, and a tiny run."""
+import functools
 import math
 
 import numpy as np
 import pytest
 
-from conftest import compose
+from cifar_exp.data.augment import build_augmentation, with_tta
+from cifar_exp.errors import ConfigError
+from cifar_exp.validate import validate
+from conftest import compose, lazy
 
-keras = pytest.importorskip("keras")
-from keras import ops  # noqa: E402
-
-from cifar_exp.data.augment import build_augmentation, with_tta  # noqa: E402
-from cifar_exp.errors import ConfigError  # noqa: E402
-from cifar_exp.models import airbench  # noqa: E402
-from cifar_exp.validate import validate  # noqa: E402
+keras, ops, airbench = lazy("keras"), lazy("keras.ops"), lazy("cifar_exp.models.airbench")
 
 TINY = ["experiment=airbench", "dataset=synthetic", "dataset.train_size=256", "dataset.test_size=64",
         "model.widths=[8,16,16]", "trainer.epochs=2", "trainer.batch_size=64", "trainer.verbose=0"]
@@ -23,15 +21,23 @@ def numpy(x):
     return ops.convert_to_numpy(x)
 
 
-class FlipParities(keras.callbacks.Callback):
-    """The alternating flip's epoch parity as each epoch starts (after fit.py's callback set it)."""
+@functools.cache
+def _FlipParities_class():
+    # Built at first use, not at import: collecting the tests imports no Keras.
+    class FlipParities(keras.callbacks.Callback):
+        """The alternating flip's epoch parity as each epoch starts (after fit.py's callback set it)."""
 
-    def __init__(self):
-        super().__init__()
-        self.seen = []
+        def __init__(self):
+            super().__init__()
+            self.seen = []
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.seen.append(int(numpy(self.model.get_layer("alternating_flip_translate").epoch_parity)))
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen.append(int(numpy(self.model.get_layer("alternating_flip_translate").epoch_parity)))
+    return FlipParities
+
+
+def FlipParities(*args, **kwargs):
+    return _FlipParities_class()(*args, **kwargs)
 
 
 @pytest.fixture
@@ -190,6 +196,7 @@ def test_bad_airbench_values_fail_before_training(override, key):
         validate(compose(["experiment=airbench", override]))
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_a_tiny_airbench_run_learns_synthetic_data(fake_tracker):
     from cifar_exp.training import fit as train
 
@@ -203,6 +210,7 @@ def test_a_tiny_airbench_run_learns_synthetic_data(fake_tracker):
     assert lrs[0] != lrs[-1]  # the triangle schedule moved the rate
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_an_interrupted_airbench_job_resumes_with_its_optimizer_state(fake_tracker, tmp_path):
     """The checkpoint holds AirbenchSGD's extra variables (slow weights, decay, total steps)."""
     from cifar_exp.training import checkpoints, fit as train

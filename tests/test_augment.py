@@ -2,10 +2,14 @@
 pixels only in training, does what its recipe says, and runs inside a compiled (XLA) training step."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+from conftest import lazy
+
+keras = lazy("keras")
 
 from cifar_exp.data.augment import AUGMENTATIONS, build_augmentation, build_preprocessing, channel_stats  # noqa: E402
 
@@ -181,23 +185,31 @@ def flip_states(feed, images, epochs, initial_epoch=0, preprocess="mean_std"):
     return np.array(states), recorder.traces
 
 
-@keras.saving.register_keras_serializable("test_augment")
-class FlipRecorder(keras.layers.Layer):
-    """Passes the augmented batch on; in training keeps, per image, whether it is the mirror of the
-    plain one, and counts its own traces (a Python side effect: once per compiled program)."""
+@functools.cache
+def _FlipRecorder_class():
+    # Built at first use, not at import: collecting the tests imports no Keras.
+    @keras.saving.register_keras_serializable("test_augment")
+    class FlipRecorder(keras.layers.Layer):
+        """Passes the augmented batch on; in training keeps, per image, whether it is the mirror of the
+        plain one, and counts its own traces (a Python side effect: once per compiled program)."""
 
-    def __init__(self, n, **kwargs):
-        super().__init__(**kwargs)
-        self.flipped = self.add_weight(shape=(n,), dtype="int32", initializer="zeros", trainable=False)
-        self.traces = 0
+        def __init__(self, n, **kwargs):
+            super().__init__(**kwargs)
+            self.flipped = self.add_weight(shape=(n,), dtype="int32", initializer="zeros", trainable=False)
+            self.traces = 0
 
-    def call(self, inputs, training=None):
-        plain, augmented = inputs
-        if training:
-            self.traces += 1
-            mirrored = keras.ops.all(keras.ops.equal(augmented, keras.ops.flip(plain, axis=2)), axis=(1, 2, 3))
-            self.flipped.assign(keras.ops.cast(mirrored, "int32"))
-        return augmented
+        def call(self, inputs, training=None):
+            plain, augmented = inputs
+            if training:
+                self.traces += 1
+                mirrored = keras.ops.all(keras.ops.equal(augmented, keras.ops.flip(plain, axis=2)), axis=(1, 2, 3))
+                self.flipped.assign(keras.ops.cast(mirrored, "int32"))
+            return augmented
+    return FlipRecorder
+
+
+def FlipRecorder(*args, **kwargs):
+    return _FlipRecorder_class()(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import CONF, compose
+from conftest import CONF, ROOT, compose
 
 GROUPS = ["model", "init", "optimizer", "lr_schedule", "dataset", "weighting"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
@@ -35,7 +35,7 @@ def test_config_and_validation_do_not_import_tensorflow():
         "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules];"
         "assert not heavy, heavy"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 

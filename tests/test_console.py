@@ -31,6 +31,13 @@ def test_start_and_closing_lines_say_where_the_run_is_and_how_it_ended(tmp_path,
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_the_ui_command_serves_where_its_link_points():
+    hint = console.ui_hint("sqlite:////data/mlflow.db", "#/experiments/1/runs/abc")
+    command, link = hint.removeprefix("see it with: ").split(" (then ")
+    assert command == "mlflow ui --backend-store-uri sqlite:////data/mlflow.db --host 127.0.0.1 --port 5000"
+    assert link.startswith("http://127.0.0.1:5000/#/experiments/1/runs/abc?")
+
+
 def test_a_user_tag_may_not_replace_one_the_job_sets(tmp_path):
     uri = tracking_uri(tmp_path)
     cfg = compose(["experiment=kfold_poly", f"mlflow.tracking_uri={uri}", "+tags.sweep_id=mine"])

@@ -7,7 +7,6 @@ import pickle
 import subprocess
 import sys
 import tarfile
-import types
 import zipfile
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import CONF
+from conftest import CONF, ROOT
 from cifar_exp.data import readers
 from cifar_exp.data.dataset import CIFAR10_CLASSES, DataError, check_dataset, load_dataset
 from cifar_exp.data.readers import MNIST_CLASSES, STL10_CLASSES
@@ -226,38 +225,111 @@ def test_auto_finds_keras_own_cache(tmp_path, monkeypatch, cifar, keras_layout):
     assert data.info["source"].startswith(str(datasets))
 
 
-def test_auto_without_a_copy_says_where_to_put_one_and_never_downloads(tmp_path, monkeypatch):
-    def network():
-        raise AssertionError("source=auto must not download")
-
-    monkeypatch.setitem(sys.modules, "keras", fake_keras(network))
+def test_source_path_without_a_path_says_where_to_put_a_copy_and_never_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
-    with pytest.raises(DataError, match=r"(?s)No local copy of CIFAR-10.*dataset\.path=.*CIFAR10_PATH"):
-        load_dataset(dataset_cfg("cifar10", None, tmp_path / "cache", source="auto"), seed=0)
+    with pytest.raises(DataError, match=r"(?s)dataset.source=path but dataset.path is not set.*CIFAR10_PATH"):
+        readers.locate("cifar10", "path", None)
+    assert not (tmp_path / "empty").exists()
 
 
-def fake_keras(load_data):
-    """Stands in for `keras` (imported lazily by the downloader) without importing TensorFlow."""
-    return types.SimpleNamespace(datasets=types.SimpleNamespace(cifar10=types.SimpleNamespace(load_data=load_data)))
+def test_cifar10_downloads_the_official_archive_with_its_published_md5():
+    spec = readers.SPECS["cifar10"]
+    assert spec.archive_url == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert spec.archive_md5 == "c58f30108f718f92721af3b95e74349a"
+    assert spec.archive in spec.keras_cache  # the downloaded archive is found there next time
 
 
-def test_download_offline_says_where_to_put_a_local_copy(tmp_path, monkeypatch):
-    def offline():
-        raise Exception("URL fetch failure on https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz: None -- "
-                        "[Errno -3] Temporary failure in name resolution")
+@pytest.fixture
+def web(tmp_path):
+    """A real HTTP server on localhost serving tmp_path/www (no network needed)."""
+    import functools
+    import http.server
+    import threading
 
-    monkeypatch.setitem(sys.modules, "keras", fake_keras(offline))
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def serve_cifar(monkeypatch, web, tmp_path, cifar, md5=None):
+    """An archive like the official one (cifar-10-batches-py/ in a .tar.gz), published at a local
+    URL with its MD5, in place of the official URL and MD5."""
+    import dataclasses
+    import hashlib
+
+    root, base = web
+    archive = tar_folder(write_cifar_python(tmp_path / "src", cifar),
+                         root / "cifar-10-python.tar.gz")
+    md5 = md5 or hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(readers.SPECS, "cifar10", dataclasses.replace(
+        readers.SPECS["cifar10"], archive_url=f"{base}/cifar-10-python.tar.gz", archive_md5=md5))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    with pytest.raises(DataError, match=r"(?s)Could not download CIFAR-10.*name resolution.*dataset\.path="):
-        load_dataset(dataset_cfg("cifar10", None, tmp_path / "cache", source="download"), seed=0)
+    return archive
 
 
-def test_download_reads_the_copy_keras_fetched(tmp_path, monkeypatch, cifar):
-    datasets = tmp_path / "keras_home" / "datasets"
-    monkeypatch.setitem(sys.modules, "keras", fake_keras(
-        lambda: write_cifar_python(datasets / "cifar-10-batches-py-target", cifar)))
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    assert_same(load_dataset(dataset_cfg("cifar10", None, tmp_path / "cache", source="download"), seed=0), cifar)
+@pytest.mark.slow  # imports Keras (its downloader)
+def test_auto_without_a_copy_downloads_the_archive_into_keras_cache_then_reads_it_there(
+        tmp_path, monkeypatch, web, cifar, capfd):
+    archive = serve_cifar(monkeypatch, web, tmp_path, cifar)
+    data = load_dataset(dataset_cfg("cifar10", None, tmp_path / "cache", source="auto"), seed=0)
+    assert_same(data, cifar)
+    kept = tmp_path / "keras_home" / "datasets" / "cifar-10-python.tar.gz"
+    assert kept.read_bytes() == archive.read_bytes() and data.info["source"] == str(kept)
+    assert "Downloading data from" in capfd.readouterr().out  # Keras' progress output
+    archive.unlink()  # the next job reads the cached copy: no server needed
+    assert readers.locate("cifar10", "auto", None) == kept
+
+
+@pytest.mark.slow  # imports Keras (its downloader)
+def test_a_download_whose_md5_differs_is_refused_in_one_line(tmp_path, monkeypatch, web, cifar):
+    serve_cifar(monkeypatch, web, tmp_path, cifar, md5="0" * 32)
+    with pytest.raises(DataError) as refused:
+        readers.locate("cifar10", "auto", None)
+    message = str(refused.value)
+    assert "\n" not in message and "Could not download CIFAR-10" in message
+    assert "cifar-10-python.tar.gz in " + str(tmp_path / "keras_home" / "datasets") in message
+
+
+@pytest.mark.slow  # imports Keras (its downloader)
+def test_offline_one_line_says_where_to_put_the_archive_and_which_forms_are_read(tmp_path, monkeypatch, web, cifar):
+    serve_cifar(monkeypatch, web, tmp_path, cifar)
+    spec = readers.SPECS["cifar10"]
+    import dataclasses
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused, as offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setitem(readers.SPECS, "cifar10", dataclasses.replace(
+        spec, archive_url=f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"))
+    with pytest.raises(DataError) as refused:
+        readers.locate("cifar10", "auto", None)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"put cifar-10-python.tar.gz in {tmp_path / 'keras_home' / 'datasets'}/" in message
+    assert "cifar-10-batches-py/" in message and "dataset.path=" in message and "CIFAR10_PATH" in message
+
+
+def test_a_folder_given_where_the_archive_is_expected_is_refused_naming_the_archive(tmp_path, cifar):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    tar_folder(write_cifar_python(tmp_path / "src", cifar), folder / "cifar10.tar.gz")
+    with pytest.raises(DataError, match=r"no CIFAR-10 layout found \(it holds the archive\(s\) cifar10.tar.gz: "
+                                        r"give the archive itself, e.g. dataset.path=\S*cifar10.tar.gz;"):
+        readers.locate("cifar10", "auto", str(folder))
+    assert readers.locate("cifar10", "auto", str(folder / "cifar10.tar.gz")) == folder / "cifar10.tar.gz"
+
+
+def test_a_file_that_is_no_archive_is_refused_before_decoding(tmp_path):
+    bad = tmp_path / "cifar.tar.gz"
+    bad.write_bytes(b"<html>404</html>")
+    with pytest.raises(DataError, match="cifar.tar.gz: neither a folder nor a readable .tar/.tar.gz/.zip archive"):
+        readers.locate("cifar10", "path", str(bad))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,5 +586,5 @@ def test_bad_values_name_the_key_and_what_is_allowed(changes, key, allowed):
 def test_data_modules_do_not_import_tensorflow():
     code = ("import sys, cifar_exp.data.dataset, cifar_exp.data.readers, cifar_exp.data.splits, cifar_exp.data.augment;"
             "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; assert not heavy, heavy")
-    result = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -120,6 +120,7 @@ def test_mixed_float16_without_a_gpu_warns_at_job_start(monkeypatch, caplog):
     assert not caplog.records
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_mirrored_over_two_cpus_refuses_an_odd_batch_before_the_run_and_trains_ragged_splits(tmp_path):
     """The issue's example, then a dataset whose last training and test batches hold 1 image for 2 replicas."""
     script = textwrap.dedent(f"""

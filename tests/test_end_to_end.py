@@ -43,6 +43,12 @@ def test_multirun_over_two_initializers_shares_one_sweep_id(tmp_path):
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
     assert "Sweep summary: 2 finished, 0 failed" in result.stdout
     assert (tmp_path / "sweep" / "0" / "job_status.json").exists()
+    # The answer: the jobs best first, the best run's page, the report command for this sweep.
+    assert "init       status" in result.stdout and "test_accuracy" in result.stdout
+    best = max(runs, key=lambda r: r.data.metrics["test_accuracy"])
+    assert f"#/experiments/{best.info.experiment_id}/runs/{best.info.run_id}" in result.stdout
+    sweep_id = runs[0].data.tags["sweep_id"]
+    assert f"cifar-exp report --sweep-id {sweep_id} --tracking-uri {uri}" in result.stdout
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
@@ -139,10 +145,14 @@ def test_missing_dataset_path_fails_before_training(tmp_path):
     assert not (tmp_path / "mlflow.db").exists() or not all_runs(uri)[1]
 
 
-def test_unknown_option_lists_the_choices(tmp_path):
+def test_unknown_option_names_the_nearest_and_lists_the_choices(tmp_path):
     result = run_cli(["init=he_normall"], cwd=tmp_path, timeout=60)
-    assert result.returncode != 0
-    assert "he_normal" in result.stderr and "Available options" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: Unknown init option 'he_normall' (in init=he_normall): did you mean init=he_normal? the options "
+        "are default, glorot_normal, glorot_uniform, he_normal, he_uniform, lecun_normal, lecun_uniform, ones, "
+        "orthogonal, random_normal, random_uniform, torch_uniform, truncated_normal, zeros"]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()  # nothing ran
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax", reason="the JAX backend's distribution")

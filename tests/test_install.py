@@ -18,19 +18,25 @@ from conftest import CONF, ROOT, SMOKE, all_runs, compose, tracking_uri
 HEAVY = {"tensorflow", "keras", "jax", "mlflow"}  # what --help and --cfg job must not import
 
 
-def listed_packages() -> list[str]:
-    """pyproject.toml's [tool.setuptools] packages (regex: tomllib needs Python 3.11)."""
-    block = re.search(r"^packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), flags=re.M | re.S)
-    return re.findall(r'"([\w.]+)"', block.group(1))
+def found_packages() -> set[str]:
+    """What setuptools' discovery finds with pyproject.toml's [tool.setuptools.packages.find]."""
+    import tomllib
+
+    from setuptools import find_namespace_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    return set(find_namespace_packages(str(ROOT), include=find["include"], exclude=find.get("exclude", ())))
 
 
-def test_pyproject_lists_every_package_and_every_config_group():
-    code = {".".join(init.parent.relative_to(ROOT).parts)
-            for top in ("cifar_exp", "hydra_plugins") for init in (ROOT / top).rglob("__init__.py")}
-    configs = {"cifar_exp.conf"} | {"cifar_exp.conf." + ".".join(group.relative_to(CONF).parts)
-                                     for group in CONF.rglob("*") if group.is_dir()}  # hydra/launcher nests
+def test_setuptools_finds_every_package_and_config_group_without_a_hand_kept_list():
+    assert "packages = [" not in (ROOT / "pyproject.toml").read_text()
+    assert CONF == ROOT / "cifar_exp" / "conf" and not (ROOT / "conf").exists()
+    folders = {".".join(f.parent.relative_to(ROOT).parts) for top in ("cifar_exp", "hydra_plugins")
+               for pattern in ("*.py", "*.yaml") for f in (ROOT / top).rglob(pattern)}
+    assert folders <= found_packages()
+    assert {"cifar_exp.conf", "cifar_exp.conf.model", "hydra_plugins.cifar_exp_optuna_sweeper"} <= folders
+    assert not any("__pycache__" in p for p in found_packages())
     # hydra_plugins itself has no __init__.py: a namespace package that other plugins share.
-    assert sorted(listed_packages()) == sorted(code | configs | {"hydra_plugins"})
     assert not (ROOT / "hydra_plugins" / "__init__.py").exists()
 
 
@@ -38,10 +44,11 @@ def test_pyproject_lists_every_package_and_every_config_group():
 
 
 def readme_own_configs(folder: Path) -> list[str]:
-    """Writes the README's example files under `folder`; returns their paths relative to it."""
-    text = (ROOT / "README.md").read_text()
+    """Writes the documentation's example files (docs/recipes.md, "Your own configs") under `folder`;
+    returns their paths relative to it."""
+    text = (ROOT / "docs" / "recipes.md").read_text()
     section = text[text.index("## Your own configs"):]
-    section = section[:section.index("\n## ", 1)]
+    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
     written = []
     for relative, body in re.findall(r"`~/my_conf/([\w/]+\.yaml)`:\n\n```yaml\n(.*?)```", section, flags=re.S):
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +87,7 @@ def build_wheel(tmp_path) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for name in ("cifar_exp", "hydra_plugins", "conf"):
+    for name in ("cifar_exp", "hydra_plugins"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     # pip's isolated build, as users get it: the backend (setuptools) comes from pip's cache or the index.
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(tmp_path / "dist"),

@@ -180,6 +180,7 @@ def test_nothing_readable_is_moved_aside_not_deleted(tmp_path, caplog):
     assert "starting from scratch" in caplog.text
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 @pytest.mark.parametrize("damage", ["weights", "epoch_metrics"])
 def test_a_checkpoint_cut_short_loses_at_most_one_epoch_and_logs_every_step_once(tmp_path, fake_tracker, damage):
     """The issue's example (truncate latest.weights.h5 to half) and a partial epoch record."""
@@ -247,6 +248,7 @@ def _job(cfg_overrides, output_dir, uri, stop_after=None, monkeypatch=None):
         monkeypatch.undo()
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_another_config_in_the_same_folder_starts_fresh_and_leaves_the_first_ones_checkpoint(
         tmp_path, monkeypatch, caplog):
     uri = tracking_uri(tmp_path)
@@ -392,6 +394,7 @@ def _leaks(root: Path) -> list[str]:
 FREE_TEXT = ("mlflow.run_name", "mlflow.experiment_name", "notes")  # accepted as they are: one job trains with all
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_a_password_in_any_string_field_reaches_no_output(tmp_path, capsys, caplog):
     """Every string (or unset) field of the composed config gets a password URL, one job per field
     (most are refused at start, which must not echo it); the free-text fields go into one job that

@@ -136,7 +136,7 @@ def test_every_model_has_a_spec_and_training_asks_for_none_by_name():
 
     from cifar_exp.models.registry import MODELS
 
-    conf = Path(__file__).resolve().parent.parent / "conf" / "model"
+    conf = Path(__file__).resolve().parent.parent / "cifar_exp" / "conf" / "model"
     assert {p.stem for p in conf.glob("*.yaml")} == set(MODELS)
     for path in ("cifar_exp/training/fit.py", "cifar_exp/training/optim.py"):
         source = (Path(__file__).resolve().parent.parent / path).read_text()

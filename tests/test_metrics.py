@@ -25,6 +25,7 @@ def test_confusion_accuracy_equals_keras_accuracy_and_counts_each_pair():
     assert ours.matrix().sum() == 0 and float(ours.result()) == 0.0
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 @pytest.mark.parametrize("extra", [[], ["dataset.val_fraction=0.25"]], ids=["test_evaluated_each_epoch", "val_split"])
 def test_the_logged_confusion_matrix_is_the_final_models_on_the_test_split(fake_tracker, extra):
     import keras
@@ -52,6 +53,7 @@ def test_the_logged_confusion_matrix_is_the_final_models_on_the_test_split(fake_
     assert np.trace(logged) / logged.sum() == pytest.approx(metrics["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_a_logged_model_loads_in_a_fresh_process(tmp_path, fake_tracker):
     """The saved classifier holds this package's layers, loss and metric; saved.load_model
     registers them before Keras rebuilds it."""

@@ -110,6 +110,7 @@ def _context(tmp_path, num, overrides):
                           sweep_dir=str(tmp_path / "sweep"), job_num=num, multirun=True)
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_a_diverged_job_fails_with_a_hint_and_a_job_at_chance_is_tagged_and_summarised(tmp_path, capsys, caplog):
     """The new user's command (sgd, constant lr=1e6 on synthetic data) and an all-zeros init, as a sweep."""
     from omegaconf import OmegaConf
@@ -152,6 +153,7 @@ def test_a_diverged_job_fails_with_a_hint_and_a_job_at_chance_is_tagged_and_summ
     assert "did not learn: init=zeros" in out
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_a_nan_in_the_final_test_evaluation_fails_the_run(fake_tracker, monkeypatch):
     from conftest import compose
     from cifar_exp.training import fit as train
@@ -164,6 +166,7 @@ def test_a_nan_in_the_final_test_evaluation_fails_the_run(fake_tracker, monkeypa
     assert "outcome" not in fake_tracker.tags
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 @pytest.mark.parametrize("losses_from", ["eval_pass", "train_pass"])
 def test_self_paced_runs_log_the_plain_cross_entropy_beside_the_weighted_loss(fake_tracker, losses_from):
     from conftest import compose

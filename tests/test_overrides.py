@@ -41,6 +41,18 @@ def test_keys_of_the_config_pass(args):
     main.check_command_line(args)
 
 
+@pytest.mark.parametrize("args,message", [
+    (["model=alexnett"], r"Unknown model option 'alexnett' \(in model=alexnett\): did you mean model=alexnet\? "
+                         r"the options are airbench, alexnet, "),
+    (["init=zeros,he_normall", "-m"], r"did you mean init=he_normal\?"),           # one option of a sweep
+    (["hydra/launcher=joblibb"], r"did you mean hydra/launcher=joblib\?"),
+    (["model=qqqqqq"], r"Unknown model option 'qqqqqq' \(in model=qqqqqq\): the options are airbench, "),
+])
+def test_a_misspelt_option_is_refused_with_the_nearest_one(args, message):
+    with pytest.raises(overrides.UnknownChoiceError, match=message):
+        main.check_command_line(args)
+
+
 def test_a_config_dir_of_ones_own_is_checked_with_its_options(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "recipe").mkdir()

@@ -246,6 +246,7 @@ class _FinalWeights:
         return Keep()
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 @pytest.mark.parametrize("losses_from", ["eval_pass", "train_pass"])
 def test_a_resumed_self_paced_job_weights_and_ends_as_if_never_interrupted(tmp_path, fake_tracker, losses_from):
     """λ (grown by μ from a quantile anchor, so not recomputable from the losses) and the
@@ -279,6 +280,7 @@ def test_a_resumed_self_paced_job_weights_and_ends_as_if_never_interrupted(tmp_p
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_a_resumed_self_paced_job_without_saved_state_warns_and_re_anchors(tmp_path, fake_tracker, caplog):
     from conftest import compose
 
@@ -305,6 +307,7 @@ def _tf_out_of_memory():
     lambda: RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2147483648 bytes."),  # XLA/JAX
     lambda: MemoryError(),
 ], ids=["tensorflow", "xla", "host"])
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_running_out_of_memory_fails_the_job_with_a_hint_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys,
                                                                                 make_error):
     from conftest import compose

@@ -34,6 +34,7 @@ def _train(overrides, tracker, checkpoint_dir=None):
     return metrics, captured, [m for _, m in tracker.metrics if "loss" in m]  # per epoch, not the final entry
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_training_from_resident_images_equals_training_from_host_batches(fake_tracker, tmp_path):
     host, host_captured, host_epochs = _train(["trainer.data_on_device=false"], fake_tracker)
     fake_tracker.metrics.clear()
@@ -49,6 +50,7 @@ def test_training_from_resident_images_equals_training_from_host_batches(fake_tr
     assert captured["checkpoint_bytes"] < 2_000_000
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_self_paced_learning_and_a_saved_model_work_from_resident_images(fake_tracker, tmp_path):
     metrics, captured, epochs = _train(["trainer.data_on_device=true", "weighting=linear",
                                         "weighting.warmup_epochs=0", "trainer.epochs=2"], fake_tracker)
@@ -57,6 +59,7 @@ def test_self_paced_learning_and_a_saved_model_work_from_resident_images(fake_tr
     assert 0 < epochs[-1]["spl_active_fraction"] <= 1
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_the_logged_model_takes_images_not_indices(tmp_path, fake_tracker):
     import keras
 

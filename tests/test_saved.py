@@ -6,6 +6,7 @@ import sys
 import zipfile
 
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF
@@ -31,6 +32,7 @@ def _registered_names(path) -> set[str]:
     return names
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_every_registered_class_reloads_compiled_in_a_fresh_process(tmp_path):
     import keras
 

@@ -1,46 +1,61 @@
 """The self-paced v-step inside a Keras fit: zero weight means zero gradient, v reaches the batches, stats are logged."""
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-keras = pytest.importorskip("keras")
+from cifar_exp.data.dataset import make_synthetic
+from conftest import lazy
 
-from cifar_exp.data.dataset import make_synthetic  # noqa: E402
-from cifar_exp.spl.callback import build_spl_callback  # noqa: E402
+keras = lazy("keras")
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "weighting"
+
+def build_spl_callback(*args, **kwargs):
+    from cifar_exp.spl.callback import build_spl_callback  # imports Keras: at the test's run, not collection
+
+    return build_spl_callback(*args, **kwargs)
+
+CONF = Path(__file__).resolve().parents[1] / "cifar_exp" / "conf" / "weighting"
 SHAPE = (16, 16, 3)
 CLASSES = tuple(f"class_{k}" for k in range(10))
 
 
-class ShuffledBatches(keras.utils.PyDataset):
-    """training/fit.py's contract: (x[idx], y[idx], sample_weights[idx]) after a per-epoch shuffle.
+@functools.cache
+def _ShuffledBatches_class():
+    # Built at first use, not at import: collecting the tests imports no Keras.
+    class ShuffledBatches(keras.utils.PyDataset):
+        """training/fit.py's contract: (x[idx], y[idx], sample_weights[idx]) after a per-epoch shuffle.
 
-    Also keeps, per epoch, the (index, weight) pairs it handed out, to check what the
-    θ-step was fed; `epoch_marker` tells it which epoch the callbacks have begun.
-    """
+        Also keeps, per epoch, the (index, weight) pairs it handed out, to check what the
+        θ-step was fed; `epoch_marker` tells it which epoch the callbacks have begun.
+        """
 
-    def __init__(self, x, y, sample_weights, batch_size, seed=0):
-        super().__init__()
-        self.x, self.y, self.sample_weights, self.batch_size = x, y, sample_weights, batch_size
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(x))
-        self.fed = []
-        self.epoch_marker = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: self.fed.append({}))
+        def __init__(self, x, y, sample_weights, batch_size, seed=0):
+            super().__init__()
+            self.x, self.y, self.sample_weights, self.batch_size = x, y, sample_weights, batch_size
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x))
+            self.fed = []
+            self.epoch_marker = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: self.fed.append({}))
 
-    def __len__(self):
-        return -(-len(self.x) // self.batch_size)
+        def __len__(self):
+            return -(-len(self.x) // self.batch_size)
 
-    def __getitem__(self, i):
-        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-        if self.fed:  # Keras reads a batch or two before the first epoch, for their shapes
-            self.fed[-1].update(zip(idx.tolist(), self.sample_weights[idx].tolist()))
-        return self.x[idx], self.y[idx], self.sample_weights[idx]
+        def __getitem__(self, i):
+            idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.fed:  # Keras reads a batch or two before the first epoch, for their shapes
+                self.fed[-1].update(zip(idx.tolist(), self.sample_weights[idx].tolist()))
+            return self.x[idx], self.y[idx], self.sample_weights[idx]
 
-    def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.x))
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(self.x))
+    return ShuffledBatches
+
+
+def ShuffledBatches(*args, **kwargs):
+    return _ShuffledBatches_class()(*args, **kwargs)
 
 
 class FakeTracker:
@@ -138,6 +153,7 @@ def test_callback_rewrites_sample_weights_in_place_and_the_batches_carry_them(tm
     assert history["spl_active_fraction"][1] == pytest.approx(0.5)
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_epoch_stats_histograms_and_final_weights_are_logged(tmp_path):
     cfg = weighting("linear", warmup_epochs=1)
     callback, history, _, tracker, _ = fit_with_spl(cfg, tmp_path, epochs=4)
@@ -190,6 +206,7 @@ def test_train_pass_without_adapted_compile_fails_loudly(tmp_path):
         model.fit(ShuffledBatches(x, y, weights, 10), epochs=1, verbose=0, callbacks=[callback])
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 @pytest.mark.parametrize("losses_from", ["eval_pass", "train_pass"])
 def test_seed_000_mixture_parameters_learn_with_mini_batches_and_the_guard(tmp_path, losses_from, caplog):
     # Seed 000: mixture, λ₀ = 1, μ = 1.3, γ = 0.5, Adadelta. λ₀ admits no sample at the
@@ -205,6 +222,7 @@ def test_seed_000_mixture_parameters_learn_with_mini_batches_and_the_guard(tmp_p
     assert accuracy > 0.5  # chance is 0.1
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_train_pass_never_runs_an_inference_pass_once_an_epoch_is_recorded(tmp_path, monkeypatch):
     # Its point is to cost nothing beyond training; that holds across fit() calls (resumed jobs) too.
     def no_inference_pass(self):

@@ -46,6 +46,7 @@ def test_each_adapter_bridges_the_two_image_shapes(tmp_path, adapter, pretrain_l
     assert core(images).shape == (2, 10)
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 @pytest.mark.parametrize("keep_head", [False, True])
 def test_pretrained_weights_are_copied_and_the_head_only_on_request(tmp_path, keep_head):
     cfg = compose(STAND_INS + ["transfer.adapter=resize_grey"])
@@ -58,6 +59,7 @@ def test_pretrained_weights_are_copied_and_the_head_only_on_request(tmp_path, ke
         assert same == (i < len(source) - 1 or keep_head), f"layer {i}"
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_freeze_keeps_the_transferred_layers_fixed_while_the_adapter_and_head_train(tmp_path):
     import keras
 
@@ -82,6 +84,7 @@ def test_freeze_keeps_the_transferred_layers_fixed_while_the_adapter_and_head_tr
     assert builder.tags["transfer.frozen_layers"].count(",") == len(frozen) - 1
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_the_pretraining_hash_names_what_pretraining_depends_on():
     def digest(*overrides):
         return transfer.pretrain_hash(compose(STAND_INS + list(overrides)))
@@ -145,6 +148,7 @@ def test_pretraining_takes_neither_the_targets_tta_nor_its_label_smoothing():
     assert transfer.pretrain_hash(cfg) == transfer.pretrain_hash(compose(STAND_INS))
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_a_diverged_pretraining_fails_its_run_and_the_job_with_the_lr_hint(tmp_path):
     """The divergence rule holds in pretraining too: it trains through train.run."""
     from cifar_exp import job

@@ -6,15 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from conftest import SMOKE, compose
+from cifar_exp.data.augment import with_flip_tta
+from cifar_exp.errors import ConfigError
+from cifar_exp.validate import validate
+from conftest import SMOKE, compose, lazy
 
-keras = pytest.importorskip("keras")
-from keras import ops  # noqa: E402
-
-from cifar_exp.data.augment import with_flip_tta  # noqa: E402
-from cifar_exp.errors import ConfigError  # noqa: E402
-from cifar_exp.training.losses import SmoothedSparseCrossentropy, build_loss  # noqa: E402
-from cifar_exp.validate import validate  # noqa: E402
+keras, ops, losses = lazy("keras"), lazy("keras.ops"), lazy("cifar_exp.training.losses")
 
 
 def numpy(x):
@@ -76,6 +73,7 @@ def test_tta_is_mirror_invariant(images):
     np.testing.assert_allclose(numpy(tta(images[:, :, ::-1])), numpy(tta(images)), atol=1e-5)
 
 
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_the_classifier_predicts_the_mean_of_both_views_and_trains_compiled(fake_tracker):
     from cifar_exp.data.dataset import load_dataset
     from cifar_exp.training.fit import build_classifier
@@ -91,7 +89,7 @@ def test_the_classifier_predicts_the_mean_of_both_views_and_trains_compiled(fake
     expected = (plain.predict(x, verbose=0) + plain.predict(mirrored, verbose=0)) / 2
     np.testing.assert_allclose(with_tta.predict(x, verbose=0), expected, atol=1e-5)
     # Inside a compiled training step the model trains; evaluate() then uses TTA as predict() does.
-    with_tta.compile(optimizer="adam", loss=build_loss(0.1), metrics=["accuracy"], jit_compile="auto")
+    with_tta.compile(optimizer="adam", loss=losses.build_loss(0.1), metrics=["accuracy"], jit_compile="auto")
     history = with_tta.fit(data.x_train[:64], data.y_train[:64], batch_size=32, epochs=1, verbose=0)
     assert math.isfinite(history.history["loss"][0])
     logits = with_tta.predict(x, verbose=0)
@@ -102,18 +100,18 @@ def test_the_classifier_predicts_the_mean_of_both_views_and_trains_compiled(fake
 def test_a_saved_tta_model_reloads_with_its_wrapper(tmp_path, images):
     inputs = keras.Input(images.shape[1:])
     model = keras.Model(inputs, with_flip_tta(small_core())(inputs))
-    model.compile(optimizer="sgd", loss=build_loss(0.2))
+    model.compile(optimizer="sgd", loss=losses.build_loss(0.2))
     model.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
-    assert isinstance(reloaded.loss, SmoothedSparseCrossentropy) and reloaded.loss.label_smoothing == 0.2
+    assert isinstance(reloaded.loss, losses.SmoothedSparseCrossentropy) and reloaded.loss.label_smoothing == 0.2
 
 
 # ---------------------------------------------------------------------------------------------
 # Label smoothing
 
 def test_zero_smoothing_is_keras_sparse_cross_entropy():
-    assert type(build_loss(0.0)) is keras.losses.SparseCategoricalCrossentropy
+    assert type(losses.build_loss(0.0)) is keras.losses.SparseCategoricalCrossentropy
 
 
 @pytest.mark.parametrize("epsilon", [0.1, 0.2])
@@ -123,7 +121,7 @@ def test_smoothing_matches_its_definition_and_keras_one_hot_smoothing(epsilon):
     labels = rng.integers(0, 10, size=8)
     log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     per_sample = -(1 - epsilon) * log_p[np.arange(8), labels] - epsilon * log_p.mean(1)
-    loss = build_loss(epsilon)
+    loss = losses.build_loss(epsilon)
     assert float(loss(labels, logits)) == pytest.approx(per_sample.mean(), rel=1e-5)
     assert float(loss(labels[:, None], logits)) == pytest.approx(per_sample.mean(), rel=1e-5)  # (N, 1) labels
     keras_one_hot = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=epsilon)
@@ -140,8 +138,8 @@ def test_smoothing_through_self_paced_learnings_label_column():
     logits = rng.normal(size=(6, 10)).astype("float32")
     labels = rng.integers(0, 10, size=6)
     targets = np.stack([labels, np.arange(6)], axis=1)  # (label, index), as train_pass feeds them
-    assert float(LabelColumnLoss(build_loss(0.2))(targets, logits)) == pytest.approx(
-        float(build_loss(0.2)(labels, logits)), rel=1e-6)
+    assert float(LabelColumnLoss(losses.build_loss(0.2))(targets, logits)) == pytest.approx(
+        float(losses.build_loss(0.2)(labels, logits)), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +185,7 @@ def test_defaults_leave_both_off():
 
 @pytest.mark.parametrize("extra", [[], ["weighting=linear", "weighting.losses_from=train_pass"]],
                          ids=["plain", "self_paced_train_pass"])
+@pytest.mark.slow  # trains (issue 23: the fast tier in minutes)
 def test_a_tiny_job_trains_with_tta_and_label_smoothing(fake_tracker, extra):
     from cifar_exp.training import fit as train
 
@@ -216,10 +215,10 @@ def test_smoothing_and_l2_read_from_loss_settings_variables():
     logits = rng.normal(size=(8, 10)).astype("float32")
     labels = rng.integers(0, 10, size=8)
     settings = LossSettings(0.0, 1e-3, 0.0)
-    loss = build_loss(0.0, settings.label_smoothing)
-    assert float(loss(labels, logits)) == pytest.approx(float(build_loss(0.0)(labels, logits)), rel=1e-5)
+    loss = losses.build_loss(0.0, settings.label_smoothing)
+    assert float(loss(labels, logits)) == pytest.approx(float(losses.build_loss(0.0)(labels, logits)), rel=1e-5)
     settings.label_smoothing.assign(0.2)
-    assert float(loss(labels, logits)) == pytest.approx(float(build_loss(0.2)(labels, logits)), rel=1e-5)
+    assert float(loss(labels, logits)) == pytest.approx(float(losses.build_loss(0.2)(labels, logits)), rel=1e-5)
     weights = keras.Variable(rng.normal(size=(3, 4)).astype("float32"))
     penalty = VariableL2(1e-3, settings.kernel_l2)
     assert float(penalty(weights)) == pytest.approx(1e-3 * float(np.sum(weights.numpy() ** 2)), rel=1e-5)

@@ -11,7 +11,7 @@ from cifar_exp.errors import ConfigError
 from cifar_exp.spl.weighting import (SCHEMES, Pace, age_for_fraction, check_weighting, normalise_losses,
                                  weights)
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "weighting"
+CONF = Path(__file__).resolve().parents[1] / "cifar_exp" / "conf" / "weighting"
 SOFT_SCHEMES = [s for s in SCHEMES if s != "none"]
 
 

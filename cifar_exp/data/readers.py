@@ -1,7 +1,8 @@
 """Dataset files as users have them: finding them, decoding every supported layout, checking
 their integrity, and caching the decoded arrays as `.npz` keyed by source and checksum.
 
-Pure numpy/Pillow/stdlib; Keras is imported only for `source=download`.
+Pure numpy/Pillow/stdlib; Keras is imported only to download (its `get_file`: cache, hash check,
+progress bar).
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class Spec:
     keras_cache: tuple[str, ...]   # names under ~/.keras/datasets, most specific first
     local_copies: str              # what to put on disk, for error messages
     url: str
+    archive: str | None = None     # the official archive's file name in Keras' cache...
+    archive_url: str | None = None  # ...where it is published...
+    archive_md5: str | None = None  # ...and its published MD5: with these, source=auto downloads it
 
 
 SPECS = {
@@ -65,7 +69,9 @@ SPECS = {
         "cifar-10-python.tar.gz or cifar-10-binary.tar.gz (or their extracted cifar-10-batches-py/, "
         "cifar-10-batches-bin/ folders), or an image-folder tree or .tar.gz/.zip of one "
         "(train/<class>/*.png|jpg, test/<class>/*, classes " + ", ".join(CIFAR10_CLASSES) + ")",
-        "https://www.cs.toronto.edu/~kriz/cifar.html"),
+        "https://www.cs.toronto.edu/~kriz/cifar.html",
+        "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a"),
     "mnist": Spec(
         "MNIST", MNIST_CLASSES, ("mnist_npz", "mnist_idx", "image_folder"), "MNIST_PATH",
         ("mnist.npz",),
@@ -104,20 +110,37 @@ def _missing_copy_message(name: str, why: str) -> str:
             f"(or export {spec.env_var}=/path/to/it), or copy it into Keras' cache {keras_datasets_dir()}.")
 
 
+def _offline_message(name: str, url: str, err: BaseException) -> str:
+    """One line for a download that failed: the reason, where to put the archive, what is read."""
+    spec = SPECS[name]
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return (f"Could not download {spec.title} from {url} ({reason}): put {spec.archive} in "
+            f"{keras_datasets_dir()}/ (or pass dataset.path=/path/to/it, or export {spec.env_var}); "
+            f"read there: {spec.local_copies}")
+
+
 def locate(name: str, source: str, path) -> Path:
-    """The folder or file to read, by `dataset.source`: path | auto (path, else Keras' cache) | download."""
+    """The folder or file to read, by `dataset.source`:
+    path: `path` only; auto: `path`, else Keras' cache, else (where the dataset has an official
+    archive: CIFAR-10) a download into that cache; download: a download into Keras' cache.
+
+    What is returned holds a readable layout as far as can be told without decoding
+    (`check_layout`), so a wrong path is refused before a run opens. Raises DataError.
+    """
     if path is not None:
         p = Path(str(path)).expanduser()
         if not p.exists():
             raise DataError(_missing_copy_message(name, f"dataset.path={str(path)!r} does not exist."))
         if source in ("path", "auto"):
-            return p
+            return check_layout(name, p, f"dataset.path={str(path)!r}")
     if source == "path":
         raise DataError(_missing_copy_message(name, "dataset.source=path but dataset.path is not set."))
     if source == "auto":
         for candidate in _keras_cache_candidates(name):
             if candidate.exists():
-                return candidate
+                return check_layout(name, candidate, "Keras' cache")
+        if SPECS[name].archive_url:
+            return _download(name)
         raise DataError(_missing_copy_message(
             name, f"No local copy of {SPECS[name].title} found: dataset.path is not set and Keras' cache "
                   f"{keras_datasets_dir()} holds none of {', '.join(SPECS[name].keras_cache)}. "
@@ -127,25 +150,73 @@ def locate(name: str, source: str, path) -> Path:
     raise DataError(f"dataset.source={source!r}: expected auto, download or path")
 
 
+def fetch_archive(url: str, fname: str, md5: str | None) -> Path:
+    """Download `url` to Keras' cache as `fname` (kept there: a second call reads the copy, after
+    checking its MD5) with Keras' progress bar; returns the file. Raises whatever urllib or Keras
+    raise (no network, HTTP error, an MD5 that does not match: ValueError)."""
+    from keras.utils import get_file
+
+    cache = keras_datasets_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    return Path(get_file(fname=fname, origin=url, md5_hash=md5, cache_dir=str(cache.parent),
+                         cache_subdir=cache.name))
+
+
 def _download(name: str) -> Path:
-    """Fetch through Keras' downloader into its cache, then read that copy like any other."""
+    """Fetch into Keras' cache: the official archive where its MD5 is published (CIFAR-10), else
+    through Keras' own loader; then read that copy like any other."""
+    spec = SPECS[name]
+    url = spec.archive_url or spec.url
     try:
+        if spec.archive_url:
+            return check_layout(name, fetch_archive(spec.archive_url, spec.archive, spec.archive_md5), url)
         import keras
 
-        if name == "cifar10":
-            keras.datasets.cifar10.load_data()
-        elif name == "mnist":
+        if name == "mnist":
             keras.datasets.mnist.load_data()
         else:
-            keras.utils.get_file(fname="stl10_binary.tar.gz", origin=SPECS[name].url)
+            keras.utils.get_file(fname="stl10_binary.tar.gz", origin=spec.url)
+    except DataError:
+        raise
     except Exception as err:  # urllib, socket, hash mismatch...: all mean "no usable download"
-        raise DataError(_missing_copy_message(
-            name, f"Could not download {SPECS[name].title} ({type(err).__name__}: {err}).")) from err
+        raise DataError(_offline_message(name, url, err)) from None
     for candidate in _keras_cache_candidates(name):
         if candidate.exists():
             return candidate
-    raise DataError(f"Keras reported downloading {SPECS[name].title}, but none of "
-                    f"{', '.join(SPECS[name].keras_cache)} is in {keras_datasets_dir()}")
+    raise DataError(f"Keras reported downloading {spec.title}, but none of "
+                    f"{', '.join(spec.keras_cache)} is in {keras_datasets_dir()}")
+
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
+# A file name (or folder name) that tells a layout is there, per dataset: enough to accept a folder
+# before a run opens; the full check is the decode.
+LAYOUT_MARKERS = {"cifar10": (r"data_batch_1(\.bin)?",), "mnist": (r"(train|t10k)-images-idx3-ubyte(\.gz)?",),
+                  "stl10": (r"train_X\.bin",)}
+
+
+def check_layout(name: str, p: Path, given: str) -> Path:
+    """`p` when it can hold a dataset: a tar or zip archive (its header read, not its contents), an
+    .npz (MNIST), or a folder with a layout's marker file or an image-folder tree. A folder holding
+    only archives is refused naming them (the path meant the archive). Raises DataError."""
+    spec = SPECS[name]
+    if p.is_file():
+        if tarfile.is_tarfile(p) or zipfile.is_zipfile(p) or (name == "mnist" and p.suffix == ".npz"):
+            return p
+        raise DataError(f"{p}: neither a folder nor a readable .tar/.tar.gz/.zip archive (truncated or "
+                        f"corrupt, or not a dataset file?; from {given}). Expected {spec.local_copies}.")
+    names, markers = [], [re.compile(m) for m in LAYOUT_MARKERS.get(name, ())]
+    for d, dirs, files in os.walk(p, followlinks=True):
+        dirs[:] = [x for x in dirs if not _ignored(x)]
+        rel = Path(d).relative_to(p).as_posix()
+        names += [f if rel == "." else f"{rel}/{f}" for f in files if not _ignored(f)]
+        if any(m.fullmatch(f) for m in markers for f in files):
+            return p
+        if any(x in SPLIT_DIRS["train"] for x in Path(d).parts[len(p.parts):]):
+            return p  # an image-folder tree: train/<class>/... (the decode checks the classes)
+    archives = sorted(n for n in names if n.lower().endswith(ARCHIVE_SUFFIXES))
+    found = (f"it holds the archive(s) {', '.join(archives)}: give the archive itself, e.g. "
+             f"dataset.path={p / archives[0]}" if archives else f"folder with {len(names)} files")
+    raise DataError(f"{p}: no {spec.title} layout found ({found}; from {given}). Expected {spec.local_copies}.")
 
 
 # ----------------------------------------------------------------------------------------------
