@@ -190,7 +190,7 @@ def seconds(value) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_path", help="the CIFAR-10 copy (dataset.path); '-' for a dataset without a path")
-    parser.add_argument("--recipes", nargs="+", default=["resnet9", "airbench"], help="conf/experiment/ names")
+    parser.add_argument("--recipes", nargs="+", default=["resnet9", "airbench"], help="cifar_exp/conf/experiment/ names")
     parser.add_argument("--process", action="store_true",
                         help="each job as its own `python -m cifar_exp` process with MLflow (process and run seconds)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

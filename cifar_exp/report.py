@@ -1,4 +1,4 @@
-"""Kept so that `python -m cifar_exp.report` (README, conf/experiment comments) goes on working;
+"""Kept so that `python -m cifar_exp.report` (README, cifar_exp/conf/experiment comments) goes on working;
 the code lives in cifar_exp/sweeps/report.py."""
 import sys
 

@@ -189,7 +189,7 @@ def check_weighting(cfg, epochs: int | None = None) -> None:
         return
     for key in allowed_fields:
         if key not in cfg:
-            raise ConfigError(f"weighting.{key}", "<missing>", f"a value (see conf/weighting/{name}.yaml)")
+            raise ConfigError(f"weighting.{key}", "<missing>", f"a value (see cifar_exp/conf/weighting/{name}.yaml)")
 
     if cfg.pace not in PACES:
         raise ConfigError("weighting.pace", cfg.pace, ", ".join(PACES))

@@ -275,7 +275,7 @@ def curves_chart(curves: dict[str, list[list[tuple[int, float]]]], key: str, pat
 # ------------------------------------------------------------------------ MLflow I/O
 
 def _default_mlflow_settings() -> tuple[str, str]:
-    """conf/config.yaml's tracking URI and experiment (one source of truth), $MLFLOW_TRACKING_URI first."""
+    """cifar_exp/conf/config.yaml's tracking URI and experiment (one source of truth), $MLFLOW_TRACKING_URI first."""
     import os
 
     from omegaconf import OmegaConf
@@ -352,11 +352,11 @@ def parse_args(argv):
                "cifar-exp report --study lr_optuna --metric val_accuracy | "
                "cifar-exp report --sweep-id latest --compare init=he_uniform init=random_normal")
     select = parser.add_argument_group("which runs (combined with AND)")
-    select.add_argument("--experiment", help="MLflow experiment name (default: conf/config.yaml's)")
+    select.add_argument("--experiment", help="MLflow experiment name (default: cifar_exp/conf/config.yaml's)")
     select.add_argument("--sweep-id", help="a multirun's sweep_id tag, or `latest`")
     select.add_argument("--study", help="an Optuna study name (the optuna.study tag)")
     select.add_argument("--filter", default="", help="an extra MLflow filter, e.g. \"params.`model.name` = 'alexnet'\"")
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else conf/config.yaml's")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else cifar_exp/conf/config.yaml's")
     parser.add_argument("--metric", help="final metric to compare (default: the runs' optimized_metric)")
     parser.add_argument("--direction", choices=("maximize", "minimize"),
                         help="default: minimize for *loss*, else maximize")

@@ -16,7 +16,7 @@ from cifar_exp.tracking.secrets import mask_secrets
 
 log = logging.getLogger(__name__)
 OUTBOX = "mlflow_outbox"
-# Per process, set from cfg.mlflow by `configure` (conf/config.yaml holds the values); None: MLflow's
+# Per process, set from cfg.mlflow by `configure` (cifar_exp/conf/config.yaml holds the values); None: MLflow's
 # own retry ladder (minutes of stall for a gone server) and no limit.
 _settings = {"request_timeout_s": None, "outage_budget_s": None}
 
