@@ -13,8 +13,9 @@ from collections.abc import Mapping
 # A cross-entropy (nats) above 10 x ln(classes) means the true class got a geometric-mean
 # probability below classes^-10 (1e-10 for CIFAR-10): 23 nats, 10 times what a model that
 # guesses uniformly scores. Healthy runs stay far below: every run starts near ln(classes)
-# (2.3 nats), and the healthy runs measured peaked at a few nats of training cross-entropy
-# (the figures: docs/failures.md); diverged ones reach 1e9 and more within a few steps.
+# (2.3 nats), and the healthy runs measured peaked at a few nats of training cross-entropy (the
+# figures: benchmarks/README.md, "The divergence bound against healthy runs"); diverged ones reach
+# 1e9 and more within a few steps.
 EXPLOSION_FACTOR = 10
 # Accuracy below chance + 3 standard deviations of a binomial proportion on the test set: a
 # classifier at chance level passes it with probability 0.13% (one-sided normal tail).
