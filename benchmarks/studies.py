@@ -101,7 +101,10 @@ STUDIES = [
         seed_figures={"weighting=none": "0.568 (MentorNet, full scale)", "weighting=hard": "0.802 (MentorNet's SPL)"}),
 ]
 BY_NAME = {s.name: s for s in STUDIES}
-SCALES = ("cpu", "smoke")  # smoke: synthetic data, seconds per study, for tests of this script
+SCALES = ("cpu", "smoke")
+DESIGNED = {"cpu": "The cpu scale is sized for about 30 minutes on an idle 2-core machine, an estimate from the "
+                   "per-model throughputs of benchmarks/README.md (figure 2), not a measurement: on a machine "
+                   "shared with other work it takes about as many times longer as the load average says."}  # smoke: synthetic data, seconds per study, for tests of this script
 
 
 # ------------------------------------------------------------------------------------- running
@@ -277,16 +280,20 @@ def claims_kfold(result: Result) -> list[str]:
         chosen = [r.mean for label, r in rows.items() if where(label)]
         return sum(chosen) / len(chosen)
 
+    def n_of(label):
+        return int(label.rsplit("=", 1)[1])
+
+    largest = max(map(n_of, over))
     every = lambda label: True  # noqa: E731
-    big = lambda label: label.endswith("n_samples=1000")  # noqa: E731
+    big = lambda label: n_of(label) == largest  # noqa: E731
     most_over = max(over.values(), key=lambda s: s.mean)
     most_under = max(under.values(), key=lambda s: s.mean)
-    lines += ["", f"Over all 16 settings, minimum-CV-error picked a degree above the true one on "
+    lines += ["", f"Over all {len(over)} settings, minimum-CV-error picked a degree above the true one on "
                   f"{mean_of(over, every):.0%} of the datasets, the true one on {mean_of(exact, every):.0%} and a "
                   f"lower one on {mean_of(under, every):.0%}; the one-standard-error rule (the simplest degree "
                   f"within one standard error of the best CV error) picked a higher one on "
                   f"{mean_of(over_1se, every):.0%}. So to the seed's question: the more complex models are chosen "
-                  f"often but not mostly, and more data does not cure it: at 1,000 samples minimum-CV still "
+                  f"often but not mostly, and more data does not cure it: at {largest:,} samples minimum-CV still "
                   f"over-picks on {mean_of(over, big):.0%} of the datasets (an extra coefficient near zero costs "
                   "almost nothing on the held-out folds, so which of the nested fits wins is nearly a coin toss), "
                   f"while the one-standard-error rule over-picks on {mean_of(over_1se, big):.0%}. Where noise is "
@@ -338,6 +345,11 @@ def claims_transfer(result: Result) -> list[str]:
     return lines
 
 
+def values_of(result: Result, label: str) -> str:
+    row = next((r for r in result.rows if r.label == label), None)
+    return ", ".join(f"{v:.3f}" for v in row.values) if row else "none"
+
+
 def claims_optimizer(result: Result) -> list[str]:
     lines = table(result)
     test = welch_between(result, "optimizer=adagrad", "optimizer=rmsprop")
@@ -346,12 +358,13 @@ def claims_optimizer(result: Result) -> list[str]:
         agree = test.difference > 0 and test.significant
         lines += ["", ("Agrees with the seed's ordering (Adagrad above RMSProp). " if agree else
                        "Does not confirm the seed's ordering (Adagrad 0.583 above RMSProp 0.414). ")
-                  + "The seed ran one run per optimizer; RMSProp at Keras' default 1e-3 without warm-up makes a "
-                    "freshly initialised ResNet50's batch-norm statistics swing, so its test accuracy after a few "
-                    "epochs varies widely from seed to seed, and one run is a draw from that spread. Our CIs come "
-                    "from 3 seeds on the same data; at this reduced scale (far fewer images and epochs) both "
-                    "optimizers are early in training, so the gap (or its absence) is a statement about the "
-                    "first epochs only."]
+                  + "The seed ran one run per optimizer, so its 17-point gap comes without any measure of the "
+                    f"seed-to-seed spread; ours, seed by seed: RMSProp {values_of(result, 'optimizer=rmsprop')}, "
+                    f"Adagrad {values_of(result, 'optimizer=adagrad')}. At this reduced scale (far fewer images "
+                    "and epochs than the seed's 5 epochs of 50,000) both optimizers are early in training, so the "
+                    "comparison speaks for the first epochs only; RMSProp's test accuracy after so few steps also "
+                    "depends on batch-norm statistics that are still moving, which a test-time evaluation exposes "
+                    "(see any did-not-learn note below)."]
     return lines
 
 
@@ -386,9 +399,18 @@ def claims_init(result: Result) -> list[str]:
                       "a 13.5-point spread between identical settings, larger than every gap it ranked among the "
                       "non-constant initializers. Its ordering of those is therefore not evidence; where ours "
                       "differs, we believe ours because each mean pools 3 seeds and the CIs say which gaps are "
-                      "real. Both agree where the effect is large: zeros cannot train (every unit of a layer gets "
-                      "the same gradient; with batch norm the bias-free outputs stay constant) and ones learns far "
-                      "less in a few epochs."]
+                      "real."]
+        learners = [r for r in rows if r.label not in ("init=zeros", "init=ones")]
+        floor = min((r.ci_low for r in learners if r.n > 1), default=math.nan)
+        for constant, why in (("init=zeros", "every unit of a layer starts equal and gets the same gradient"),
+                              ("init=ones", "every unit of a layer starts equal, so they stay alike")):
+            row = next((r for r in rows if r.label == constant), None)
+            if row is not None and learners:
+                below = row.ci_high < floor
+                lines += ["", f"{constant.split('=')[1]}: {cell(row)}, "
+                              + ("below every other initializer's interval, as in the seed (" if below else
+                                 "not below every other initializer's interval (the seed had it far below; ")
+                              + f"seed: {result.study.seed_figures[constant]}); {why}."]
     return lines
 
 
@@ -473,7 +495,15 @@ def write_page(out: Path, scale: str, page: Path) -> None:
              "",
              f"Studies at this regeneration: {', '.join(s.name for s in ran) or 'none'}"
              + (f"; **not run**: {', '.join(s.name for s in STUDIES if s not in ran)}" if len(ran) < len(STUDIES)
-                else "") + "."]
+                else "") + ".",
+             "", "| study | scale (as the runs logged it) | finished runs | wall time |", "|---|---|---|---|"]
+    for study in STUDIES:
+        meta = state.get("studies", {}).get(study.name)
+        wall = (f"{meta['wall_s'] / 60:.0f} min" if meta else "interrupted") if results[study.name] else "not run"
+        lines.append(f"| {study.name} | {scale_of(results[study.name]) if results[study.name] else ''} | "
+                     f"{len(results[study.name].records) if results[study.name] else 0} | {wall} |")
+    if scale in DESIGNED:
+        lines += ["", DESIGNED[scale]]
     for study in STUDIES:
         lines += [""] + section(results[study.name], study, state.get("studies", {}).get(study.name))
     page.parent.mkdir(parents=True, exist_ok=True)
