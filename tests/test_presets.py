@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from conftest import CONF, SMOKE, all_runs, compose, run_cli, tracking_uri
+from conftest import CONF, all_runs, compose, run_cli, tracking_uri
 
 # XLA off: compiling ResNet50's or airbench's step costs a CPU minute and says nothing about the preset.
 TINY = ["dataset=synthetic", "dataset.train_size=96", "dataset.test_size=32", "trainer.epochs=1",
@@ -61,12 +61,10 @@ def test_every_preset_runs_one_tiny_job_to_a_finished_run(tmp_path, preset):
 @pytest.mark.slow
 def test_spl_optuna_runs_two_trials_and_records_each_value(tmp_path):
     uri = tracking_uri(tmp_path)
-    done = run_cli(["experiment=spcn", "hparams_search=spl_optuna", "hydra.sweeper.n_trials=2",
-                    "hydra.sweeper.direction=maximize", *SMOKE, "model=simple_cnn", "dataset.image_shape=[32,32,3]",
-                    "dataset.train_size=128", "dataset.test_size=32", "dataset.limit_train=null", "trainer.epochs=2",
-                    "trainer.checkpoint=false", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                   cwd=tmp_path)
+    done = run_cli(["hparams_search=spl_optuna", "hydra.sweeper.n_trials=2", *TINY, *SHRINK["hparams_search=spl_optuna"],
+                    f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Sweep summary: 2 finished, 0 failed" in done.stdout + done.stderr
     _, runs = all_runs(uri)
     trials = [r for r in runs if r.data.tags.get("optuna.study") == "spl_optuna"]
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
