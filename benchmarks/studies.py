@@ -241,10 +241,11 @@ def scale_of(result: Result) -> str:
     return text
 
 
-def section(result: Result | None, study: Study, meta: dict | None) -> list[str]:
+def section(result: Result | None, study: Study, meta: dict | None, out: Path) -> list[str]:
     lines = [f"## {study.title}", "", f"Seed: {study.seed_source}."]
     if meta:
-        lines += ["", f"Command ({meta['wall_s'] / 60:.1f} min, exit {meta['returncode']}): `{meta['command']}`"]
+        command = meta["command"].replace(str(out), "$OUT")  # $OUT: the --out folder
+        lines += ["", f"Command ({meta['wall_s'] / 60:.1f} min, exit {meta['returncode']}): `{command}`"]
     if result is None:
         return lines + ["", "**Not run at this regeneration** (no finished runs of this study at this scale)."] + \
             UNRUN_NOTES.get(study.name, [])
@@ -505,7 +506,7 @@ def write_page(out: Path, scale: str, page: Path) -> None:
     if scale in DESIGNED:
         lines += ["", DESIGNED[scale]]
     for study in STUDIES:
-        lines += [""] + section(results[study.name], study, state.get("studies", {}).get(study.name))
+        lines += [""] + section(results[study.name], study, state.get("studies", {}).get(study.name), out)
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("\n".join(lines) + "\n")
     print(f"[{_now()}] wrote {page}", flush=True)
