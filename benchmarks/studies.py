@@ -374,7 +374,8 @@ def claims_optimizer(result: Result) -> list[str]:
             train = result.extra.get("train")
             if train is not None:
                 lines += ["", f"Their last epoch's training accuracy was {cell(train)} (all {train.n} runs), above "
-                              "chance while the test accuracy was not: the network is evaluated with batch-norm "
+                              "chance while the test accuracy was not. The likely reason (not tested here): the network is "
+                              "evaluated with batch-norm "
                               f"moving statistics (Keras' momentum 0.99), which {steps_of(result)} training steps "
                               "leave far from the batch statistics it trained with."]
             return lines
