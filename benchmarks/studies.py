@@ -252,7 +252,7 @@ def section(result: Result | None, study: Study, meta: dict | None, out: Path) -
     if result is None:
         return lines + ["", "**Not run at this regeneration** (no finished runs of this study at this scale)."] + \
             UNRUN_NOTES.get(study.name, [])
-    if not meta:
+    if not meta or meta["returncode"] != 0:
         lines += ["", "**Interrupted**: its command was stopped before every job finished (time limit of the "
                       "session that regenerated this page); the table holds exactly the runs that finished."]
     lines += ["", f"Scale: {scale_of(result)}; seeds pooled per group ({len(result.records)} runs).", ""]
@@ -523,7 +523,8 @@ def write_page(out: Path, scale: str, page: Path) -> None:
              "", "| study | scale (as the runs logged it) | finished runs | wall time |", "|---|---|---|---|"]
     for study in STUDIES:
         meta = state.get("studies", {}).get(study.name)
-        wall = (f"{meta['wall_s'] / 60:.0f} min" if meta else "interrupted") if results[study.name] else "not run"
+        wall = (f"{meta['wall_s'] / 60:.0f} min" + ("" if meta["returncode"] == 0 else ", then stopped")
+                if meta else "interrupted") if results[study.name] else "not run"
         lines.append(f"| {study.name} | {scale_of(results[study.name]) if results[study.name] else ''} | "
                      f"{len(results[study.name].records) if results[study.name] else 0} | {wall} |")
     if scale in DESIGNED:
