@@ -31,6 +31,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 MNIST_CLASSES = tuple(str(k) for k in range(10))
 STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer",
                  "dog", "horse", "monkey", "ship", "truck")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 # Bump when decoding changes, so caches written by older code are not reused.
 READER_VERSION = 1
@@ -56,6 +58,8 @@ class Spec:
     archive: str | None = None     # the official archive's file name in Keras' cache...
     archive_url: str | None = None  # ...where it is published...
     archive_md5: str | None = None  # ...and its published MD5: with these, source=auto downloads it
+    system_copies: tuple[str, ...] = ()  # where an OS package installs it, tried before Keras' cache
+    how_to_get: str = ""           # one line for "no copy found", where there is a one-line way to get it
 
 
 SPECS = {
@@ -84,6 +88,15 @@ SPECS = {
         "stl10_binary.tar.gz or its extracted stl10_binary/ folder (train_X.bin, train_y.bin, test_X.bin, "
         "test_y.bin)",
         "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"),
+    "fashion_mnist": Spec(
+        "Fashion-MNIST", FASHION_MNIST_CLASSES, ("mnist_idx",), "FASHION_MNIST_PATH",
+        ("fashion-mnist",),  # Keras' fashion_mnist.load_data() keeps the four .gz files there
+        "the four IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in a folder or archive",
+        "https://github.com/zalandoresearch/fashion-mnist",
+        system_copies=("/usr/share/datasets/fashion-mnist",),  # Debian's dataset-fashion-mnist
+        how_to_get="install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or fetch Keras' "
+                   "copy once with dataset.source=download, or set dataset.path to a folder of its four IDX files"),
 }
 
 
@@ -101,6 +114,11 @@ def keras_datasets_dir() -> Path:
 
 def _keras_cache_candidates(name: str) -> list[Path]:
     return [keras_datasets_dir() / entry for entry in SPECS[name].keras_cache]
+
+
+def _local_candidates(name: str) -> list[Path]:
+    """Where `source=auto` looks without a path: an OS package's folder, then Keras' cache."""
+    return [Path(p) for p in SPECS[name].system_copies] + _keras_cache_candidates(name)
 
 
 def _missing_copy_message(name: str, why: str) -> str:
@@ -136,11 +154,15 @@ def locate(name: str, source: str, path) -> Path:
     if source == "path":
         raise DataError(_missing_copy_message(name, "dataset.source=path but dataset.path is not set."))
     if source == "auto":
-        for candidate in _keras_cache_candidates(name):
+        for candidate in _local_candidates(name):
             if candidate.exists():
-                return check_layout(name, candidate, "Keras' cache")
-        if SPECS[name].archive_url:
+                return check_layout(name, candidate, "its usual place")
+        spec = SPECS[name]
+        if spec.archive_url:
             return _download(name)
+        if spec.how_to_get:
+            raise DataError(f"No copy of {spec.title} in {', '.join(map(str, _local_candidates(name)))}: "
+                            f"{spec.how_to_get}.")
         raise DataError(_missing_copy_message(
             name, f"No local copy of {SPECS[name].title} found: dataset.path is not set and Keras' cache "
                   f"{keras_datasets_dir()} holds none of {', '.join(SPECS[name].keras_cache)}. "
@@ -174,6 +196,8 @@ def _download(name: str) -> Path:
 
         if name == "mnist":
             keras.datasets.mnist.load_data()
+        elif name == "fashion_mnist":
+            keras.datasets.fashion_mnist.load_data()
         else:
             keras.utils.get_file(fname="stl10_binary.tar.gz", origin=spec.url)
     except DataError:
@@ -191,7 +215,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 # A file name (or folder name) that tells a layout is there, per dataset: enough to accept a folder
 # before a run opens; the full check is the decode.
 LAYOUT_MARKERS = {"cifar10": (r"data_batch_1(\.bin)?",), "mnist": (r"(train|t10k)-images-idx3-ubyte(\.gz)?",),
-                  "stl10": (r"train_X\.bin",)}
+                  "fashion_mnist": (r"(train|t10k)-images-idx3-ubyte(\.gz)?",), "stl10": (r"train_X\.bin",)}
 
 
 def check_layout(name: str, p: Path, given: str) -> Path:
