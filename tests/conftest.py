@@ -7,12 +7,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 from postgres_engine import postgres_server  # noqa: F401 (a session fixture: a throwaway PostgreSQL server)
 
-from slurm_cluster import slurm_cluster  # noqa: F401  (the `cluster` tests' Slurm fixture)
+from slurm_cluster import slurm_cluster, stop_if_started_by  # noqa: F401  (the `cluster` tests' Slurm fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "cifar_exp" / "conf"
@@ -23,6 +24,19 @@ SMOKE = [
     "model=lenet", "optimizer=adam", "lr_schedule=constant", "init=he_normal",
     "trainer.epochs=2", "trainer.batch_size=32", "trainer.verbose=2",
 ]
+
+
+def pytest_configure(config):
+    # Under pytest-xdist (`-n N`): one id for this run, set by the controller before it starts the
+    # workers (they inherit it), so the Slurm cluster a worker starts is stopped once, by the
+    # controller, after all workers finished (slurm_cluster.py).
+    if not hasattr(config, "workerinput"):
+        os.environ.setdefault("CIFAR_EXP_TEST_RUN", f"{os.getpid()}-{uuid.uuid4().hex}")
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput") and os.environ.get("CIFAR_EXP_TEST_RUN"):
+        stop_if_started_by(os.environ["CIFAR_EXP_TEST_RUN"])
 
 
 def compose(overrides=()):

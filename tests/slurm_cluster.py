@@ -203,24 +203,53 @@ def _alive(pid: int) -> bool:
     return True
 
 
+STARTED_BY = "started_by_test_run"  # in the cluster's folder: the test run that started it (under xdist)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """The environment (SLURM_CONF) of a single-node Slurm with accounting: one already up, else one
-    started here and stopped after the session (CIFAR_EXP_SLURM_KEEP=1 leaves it up for the next)."""
-    found = existing()
-    if found:
-        yield found
-        return
-    reason = missing()
-    if reason:
-        from postgres_engine import absent  # skips, or fails where CI promised the engines
+    started here and stopped after the session (CIFAR_EXP_SLURM_KEEP=1 leaves it up for the next).
+    Under pytest-xdist the workers share one cluster: a file lock lets the first start it and the
+    others re-use it, and the controller stops it once all workers are done (tests/conftest.py's
+    pytest_sessionfinish calls `stop_if_started_by`)."""
+    from filelock import FileLock
 
-        absent(reason)
     root = default_dir()
-    env = start(root)
-    yield env
-    if not os.environ.get("CIFAR_EXP_SLURM_KEEP"):
+    run = os.environ.get("CIFAR_EXP_TEST_RUN") if os.environ.get("PYTEST_XDIST_WORKER") else None
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock", timeout=600):
+        found = existing()
+        if not found:
+            reason = missing()
+            if reason:
+                from postgres_engine import absent  # skips, or fails where CI promised the engines
+
+                absent(reason)
+            found = start(root)
+            if run:
+                (root / STARTED_BY).write_text(run)
+            else:
+                run = "stop at the end of this session"
+        else:
+            run = None  # not ours: leave it up
+    yield found
+    if run == "stop at the end of this session" and not os.environ.get("CIFAR_EXP_SLURM_KEEP"):
         stop(root)
+
+
+def stop_if_started_by(run: str) -> None:
+    """Stop the cluster in default_dir() if test run `run` started it (xdist: called by the controller
+    after every worker finished), unless CIFAR_EXP_SLURM_KEEP is set."""
+    marker = default_dir() / STARTED_BY
+    try:
+        if marker.read_text() != run:
+            return
+    except OSError:
+        return
+    marker.unlink(missing_ok=True)
+    if not os.environ.get("CIFAR_EXP_SLURM_KEEP"):
+        stop(default_dir())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from conftest import CONF, SMOKE, tracking_uri
 from cifar_exp.signals import Stopped
 
 BASE = [arg for arg in SMOKE if not arg.startswith("trainer.epochs=")]
+# Under pytest-xdist (--dist loadgroup) these tests share one worker: the module's time-limited sweep
+# is started once and runs beside the cancel/requeue test, as on one process.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 
 def _sweep(tmp_path, env, name, *overrides):
