@@ -234,3 +234,22 @@ def test_a_sweep_logs_runs_metrics_and_models_through_an_mlflow_server_on_postgr
                                                          dst_path=str(tmp_path / run.info.run_id), tracking_uri=url))
         assert zipfile.is_zipfile(model)  # a Keras 3 archive, downloaded through the server
         assert list(artifacts.rglob(f"{run.info.run_id}/artifacts/model.keras"))  # in the artifact destination
+
+
+def test_a_direct_client_is_refused_an_experiment_whose_artifacts_an_mlflow_server_keeps(tmp_path):
+    """An experiment created through `mlflow server --artifacts-destination` stores its artifacts at
+    mlflow-artifacts:/ URIs; a job talking to the database itself would train, then fail at its first
+    artifact. Refused when the experiment is opened, naming the way out. (A real sqlite store; the
+    experiment is given the location such a server gives.)"""
+    from mlflow.tracking import MlflowClient
+
+    from cifar_exp.errors import ConfigError
+    from cifar_exp.tracking import runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("served", artifact_location="mlflow-artifacts:/1")
+    client = runs.connect(uri)
+    with pytest.raises(ConfigError) as refused:
+        runs.experiment_id(client, "served")
+    assert "mlflow.tracking_uri" in str(refused.value) and "another mlflow.experiment_name" in str(refused.value)
+    assert runs.experiment_id(client, "direct")  # an experiment of its own is fine

@@ -128,7 +128,10 @@ def connect(tracking_uri: str):
 def experiment_id(client, name: str) -> str:
     """The id of the named experiment (its name masked as everywhere), created on first use.
 
-    Raises ConfigError when the experiment was deleted (MLflow keeps the name, refuses new runs).
+    Raises ConfigError when the experiment was deleted (MLflow keeps the name, refuses new runs), and
+    when a client that talks to the database itself opens an experiment that an MLflow server
+    created: its artifacts live at `mlflow-artifacts:/` URIs, which only a client of that server can
+    write (the job would train, then fail at its first artifact).
     """
     from mlflow.exceptions import MlflowException
 
@@ -141,6 +144,12 @@ def experiment_id(client, name: str) -> str:
                           f"with MLFLOW_TRACKING_URI={mask_secrets(client.tracking_uri)}, or "
                           f"MlflowClient().restore_experiment('{experiment.experiment_id}')) or choose another name")
     if experiment is not None:
+        served = str(experiment.artifact_location).startswith("mlflow-artifacts:")
+        if served and not client.tracking_uri.startswith(("http://", "https://")):
+            raise ConfigError("mlflow.tracking_uri", mask_secrets(client.tracking_uri),
+                              f"the http(s):// address of the MLflow server that created experiment '{name}' "
+                              f"(its artifacts are the server's: {experiment.artifact_location}); for direct "
+                              "access to the database, another mlflow.experiment_name")
         return experiment.experiment_id
     # MLflow puts a sqlite store's artifacts in ./mlruns of whatever folder the process runs
     # in; keep them beside the database instead (the same place for the default store).
