@@ -87,6 +87,10 @@ def cli() -> None:
         from cifar_exp.tracking.outbox import main as sync_main
 
         sys.exit(sync_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "recover":  # a damaged sqlite store, copied beside it
+        from cifar_exp.tracking.health import recover_main
+
+        sys.exit(recover_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "reap":  # runs left RUNNING by a process that is gone
         from cifar_exp.tracking.lifecycle import main as reap_main
 

@@ -210,8 +210,31 @@ def test_a_damaged_store_is_refused_before_training_naming_it_and_the_repair(tmp
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"Error: Invalid config: mlflow.tracking_uri='sqlite:///{path}'")
-    assert f"sqlite's quick_check of {path} says:" in line and f"sqlite3 {path} .recover" in line
+    assert f"sqlite's quick_check of {path} says:" in line and f"cifar-exp recover {path}" in line
     assert "Epoch 1/" not in result.stdout
+
+
+@pytest.mark.slow
+def test_recover_copies_what_is_readable_beside_the_damaged_store_and_mlflow_reads_it(tmp_path):
+    # sqlite3 3.40's `.recover` fails here ("SQL logic error") and `.dump` ends in ROLLBACK: both gave an
+    # empty store that the next job silently filled with fresh tables (issue 20). The copy keeps the run.
+    path = _store_with_an_earlier_run(tmp_path)
+    _corrupt_a_metrics_page(path)
+    damaged = path.read_bytes()
+    result = run_cli(["recover", str(path)], cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "runs: 1 rows kept" in result.stdout and f"{path}.recovered" in result.stdout
+    assert path.read_bytes() == damaged  # the damaged file is only read
+    again = run_cli(["recover", str(path)], cwd=tmp_path, timeout=120)
+    assert again.returncode == 2 and "exists" in again.stderr  # never overwrites an earlier copy
+    runs = subprocess.run([sys.executable, "-c", """if True:
+        import sys
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(sys.argv[1])
+        runs = client.search_runs([client.get_experiment_by_name("earlier").experiment_id])
+        print(len(runs), runs[0].info.status)
+    """, f"sqlite:///{path}.recovered"], capture_output=True, text=True, timeout=300)
+    assert runs.stdout.split() == ["1", "FINISHED"], runs.stderr[-2000:]
 
 
 def test_quick_check_finds_one_damaged_page_and_passes_a_sound_store(tmp_path):
