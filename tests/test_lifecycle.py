@@ -117,6 +117,24 @@ def test_reap_closes_killed_the_runs_of_dead_processes_and_leaves_live_ones(tmp_
 
 
 @pytest.mark.slow
+def test_reap_tells_each_closed_run_once_and_how_to_resume_one_with_a_checkpoint(tmp_path):
+    # issue 20: the same command in a new default folder starts a NEW run; the line must say what resumes.
+    uri = tracking_uri(tmp_path)
+    folder = tmp_path / "job"
+    (folder / "checkpoint" / "abc123").mkdir(parents=True)
+    (folder / "checkpoint" / "abc123" / "training_metadata.json").write_text('{"epoch": 0}')
+    dead = _orphan_run(uri, json.dumps({"output_dir": str(folder), "config_hash": "abc123"}))
+    result = subprocess.run([sys.executable, "-m", "cifar_exp", "reap", "--store", uri], env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    lines = [line for line in out.splitlines() if dead in line]
+    assert len(lines) == 1, out  # told once, not as a log line and again as 'KILLED: run ...'
+    line = lines[0]
+    assert "closed KILLED" in line and f"resume={dead}" in line and f"hydra.run.dir={folder}" in line
+
+
+@pytest.mark.slow
 def test_the_next_run_of_a_job_killed_by_sigkill_closes_its_run_killed_then_resumes_it(tmp_path):
     uri = tracking_uri(tmp_path)
     folder = tmp_path / "run"

@@ -77,7 +77,7 @@ def folder_lock(folder: str | None, key: str):
 
 # ------------------------------------------------------------------------------- reaping
 
-def close_dead_run(client, run_id: str, why: str) -> None:
+def close_dead_run(client, run_id: str, why: str) -> str:
     """Close a run that its own job can no longer close: KILLED, tagged `ended_by` (why) and
     `error`; its job folder's job_status.json (if it still says RUNNING) says KILLED too."""
     from mlflow.entities import RunTag
@@ -88,7 +88,20 @@ def close_dead_run(client, run_id: str, why: str) -> None:
     folder = run.data.tags.get("output_dir")
     if folder:
         mark_job_killed(folder, why, run_id=run_id)
-    log.warning("run %s closed KILLED: %s", run_id, why)
+    told = f"run {run_id} closed KILLED: {why}{resume_hint(run)}"
+    log.warning("%s", told)
+    return told
+
+
+def resume_hint(run) -> str:
+    """'; it resumes from its checkpoint with resume=<id> (or hydra.run.dir=<folder>)' when the run's
+    job folder holds a checkpoint of its config, else ''. A new command in a new folder starts a
+    new run from epoch 1: only these two continue this one."""
+    folder, digest = run.data.tags.get("output_dir"), run.data.tags.get("config_hash")
+    if not folder or not digest or not (Path(folder) / "checkpoint" / digest / "training_metadata.json").is_file():
+        return ""
+    return (f"; to resume it from its checkpoint, re-run the same command with resume={run.info.run_id} "
+            f"(or hydra.run.dir={folder})")
 
 
 def mark_job_killed(job_dir: str, why: str, run_id: str | None = None, overrides=()) -> None:
@@ -138,10 +151,10 @@ def _gone(run, lost_hosts=()) -> str | None:
     return None
 
 
-def reap(client, experiment_ids: list[str], where: str = "", lost_hosts=()) -> list[str]:
+def reap(client, experiment_ids: list[str], where: str = "", lost_hosts=(), told: list[str] | None = None) -> list[str]:
     """Close KILLED every RUNNING run of the experiments (matching the MLflow filter `where`) whose
     owner process is gone; returns their ids. Runs of live processes, of other hosts and runs
-    without an owner record (older versions) are left as they are."""
+    without an owner record (older versions) are left as they are. `told` gets each run's line."""
     query = "attributes.status = 'RUNNING'" + (f" and {where}" if where else "")
     closed = []
     token = None
@@ -150,7 +163,9 @@ def reap(client, experiment_ids: list[str], where: str = "", lost_hosts=()) -> l
         for run in page:
             why = _gone(run, lost_hosts)
             if why:
-                close_dead_run(client, run.info.run_id, why)
+                line = close_dead_run(client, run.info.run_id, why)
+                if told is not None:
+                    told.append(line)
                 closed.append(run.info.run_id)
         token = page.token
         if not token:
@@ -187,10 +202,12 @@ def main(argv: list[str]) -> int:
             print(f"Error: no experiment named {args.experiment!r} in {mask_secrets(args.store)}", file=sys.stderr,
                   flush=True)
             return 2
-    closed = reap(client, [e.experiment_id for e in experiments], lost_hosts=tuple(args.lost_host)) \
+    log.setLevel(logging.ERROR)  # each closed run is told once, below, not also as a log warning
+    told: list[str] = []
+    closed = reap(client, [e.experiment_id for e in experiments], lost_hosts=tuple(args.lost_host), told=told) \
         if experiments else []
-    for run_id in closed:
-        print(f"  KILLED: run {run_id}", flush=True)
+    for line in told:
+        print(f"  {line}", flush=True)
     print(f"Reaped {len(closed)} run(s) left RUNNING by a process that is gone ({mask_secrets(args.store)})",
           flush=True)
     return 0
