@@ -161,6 +161,12 @@ def test_the_next_run_of_a_job_killed_by_sigkill_closes_its_run_killed_then_resu
     assert [(r.info.run_id, r.info.status) for r in runs] == [(killed, "FINISHED")]
     assert "ended_by" not in runs[0].data.tags  # it ended FINISHED after all
     assert sorted(m.step for m in client.get_metric_history(killed, "loss")) == [1, 2]  # each step once
+    assert f"resume={killed}" not in log  # this job resumes it: no advice to do so
+    # The resuming process's phase figures go at a step of their own (issue 20: time/setup twice at 0).
+    assert sorted(m.step for m in client.get_metric_history(killed, "time/setup")) == [0, 1]
+    for key in [k for k in runs[0].data.metrics if k.startswith(("time/", "memory/"))]:
+        steps = [m.step for m in client.get_metric_history(killed, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
 
 
 # --- a killed joblib worker ----------------------------------------------------------------------

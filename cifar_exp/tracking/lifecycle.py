@@ -77,7 +77,7 @@ def folder_lock(folder: str | None, key: str):
 
 # ------------------------------------------------------------------------------- reaping
 
-def close_dead_run(client, run_id: str, why: str) -> str:
+def close_dead_run(client, run_id: str, why: str, here: str | None = None) -> str:
     """Close a run that its own job can no longer close: KILLED, tagged `ended_by` (why) and
     `error`; its job folder's job_status.json (if it still says RUNNING) says KILLED too."""
     from mlflow.entities import RunTag
@@ -88,16 +88,19 @@ def close_dead_run(client, run_id: str, why: str) -> str:
     folder = run.data.tags.get("output_dir")
     if folder:
         mark_job_killed(folder, why, run_id=run_id)
-    told = f"run {run_id} closed KILLED: {why}{resume_hint(run)}"
+    told = f"run {run_id} closed KILLED: {why}{resume_hint(run, here)}"
     log.warning("%s", told)
     return told
 
 
-def resume_hint(run) -> str:
+def resume_hint(run, here: str | None = None) -> str:
     """'; it resumes from its checkpoint with resume=<id> (or hydra.run.dir=<folder>)' when the run's
     job folder holds a checkpoint of its config, else ''. A new command in a new folder starts a
-    new run from epoch 1: only these two continue this one."""
+    new run from epoch 1: only these two continue this one. '' when the job reaping it works in
+    that folder (`here`): that job resumes it itself."""
     folder, digest = run.data.tags.get("output_dir"), run.data.tags.get("config_hash")
+    if here and folder == str(here):
+        return ""
     if not folder or not digest or not (Path(folder) / "checkpoint" / digest / "training_metadata.json").is_file():
         return ""
     return (f"; to resume it from its checkpoint, re-run the same command with resume={run.info.run_id} "
@@ -151,7 +154,8 @@ def _gone(run, lost_hosts=()) -> str | None:
     return None
 
 
-def reap(client, experiment_ids: list[str], where: str = "", lost_hosts=(), told: list[str] | None = None) -> list[str]:
+def reap(client, experiment_ids: list[str], where: str = "", lost_hosts=(), told: list[str] | None = None,
+         here: str | None = None) -> list[str]:
     """Close KILLED every RUNNING run of the experiments (matching the MLflow filter `where`) whose
     owner process is gone; returns their ids. Runs of live processes, of other hosts and runs
     without an owner record (older versions) are left as they are. `told` gets each run's line."""
@@ -163,7 +167,7 @@ def reap(client, experiment_ids: list[str], where: str = "", lost_hosts=(), told
         for run in page:
             why = _gone(run, lost_hosts)
             if why:
-                line = close_dead_run(client, run.info.run_id, why)
+                line = close_dead_run(client, run.info.run_id, why, here)
                 if told is not None:
                     told.append(line)
                 closed.append(run.info.run_id)

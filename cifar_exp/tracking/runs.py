@@ -183,6 +183,9 @@ class RunTracker:
         # Writes the store cannot take wait in the job folder (tracking/outbox.py): training goes on.
         self.client, self.run_id, self.output_dir = outbox.buffered(client, run_id, output_dir), run_id, output_dir
         self.pending: list = []
+        # The step of this process's `time/*` and `memory/rss_mb` figures: 0 for the run's first
+        # process, then one more for each process that resumes it (each step is logged once).
+        self.phase_step = 0
 
     @classmethod
     def resume(cls, client, run_id: str, output_dir: str | None = None):
@@ -199,6 +202,8 @@ class RunTracker:
             _retry(lambda key=key: client.delete_tag(run_id, key))
         if output_dir:  # what an earlier process of this job could not send
             tracker.client.resume_outbox()
+        earlier = _retry(lambda: client.get_metric_history(run_id, "time/setup"))
+        tracker.phase_step = 1 + max(m.step for m in earlier) if earlier else 0
         return tracker
 
     @classmethod
@@ -318,6 +323,7 @@ class NullTracker:
     runs. A run it opens is another NullTracker."""
 
     run_id = None
+    phase_step = 0
 
     def __init__(self, client=None):
         self._reader = RunTracker(client, "") if client is not None else None
