@@ -61,6 +61,25 @@ class FolderLock:
             self.handle.close()
 
 
+def check_free(folder: str, key: str) -> None:
+    """Raise the same ConfigError as FolderLock when a live process holds `folder`'s lock; create
+    nothing (no folder, no lock file) and hold nothing. For the command line, before Hydra writes
+    `.hydra/` into a folder another job works in."""
+    import fcntl
+
+    path = Path(folder) / LOCK_FILE
+    if not path.is_file():
+        return
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(key, str(folder), f"a folder no other process is using ({holder} is working in "
+                                                f"it): wait for it to end, or choose another {key}") from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @contextmanager
 def folder_lock(folder: str | None, key: str):
     """Hold `folder`'s lock for the block (nothing when folder is None); ConfigError naming `key`
