@@ -320,3 +320,34 @@ def test_outage_waits_are_checked_before_anything_runs(override):
 
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         validate(compose([*SMOKE, override]))
+
+
+@pytest.mark.slow
+def test_a_store_failure_is_worded_by_its_cause_not_by_sqlalchemy_or_urllib3(tmp_path):
+    # issue 20: the warning showed SQLAlchemy's autoflush advice and urllib3's 573-character error.
+    path = _store_with_an_earlier_run(tmp_path)
+    code = """if True:
+        import sys, time
+        from pathlib import Path
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+        from cifar_exp.tracking import health
+        sys.path.insert(0, sys.argv[3])
+        from test_faults_store import _corrupt_a_metrics_page
+        for uri in (sys.argv[1], sys.argv[2]):
+            client = MlflowClient(uri)
+            run_id = client.create_run(client.get_experiment_by_name("earlier").experiment_id).info.run_id \\
+                if uri.startswith("sqlite") else "0" * 32
+            if uri.startswith("sqlite"):
+                _corrupt_a_metrics_page(Path(uri[len("sqlite:///"):]))
+            try:
+                client.log_batch(run_id, metrics=[Metric("x", 1.0, int(time.time() * 1000), 0)])
+            except Exception as error:
+                kind = health.failure_kind(error)
+                print(kind, "|", health.cause(error, kind))
+    """
+    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    result = subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}", f"http://127.0.0.1:{_free_port()}",
+                             str(Path(__file__).parent)], capture_output=True, text=True, timeout=300, env=env)
+    assert result.stdout.splitlines() == ["damaged | (sqlite3.DatabaseError) database disk image is malformed",
+                                          "unreachable | connection refused"], result.stderr[-2000:]

@@ -40,6 +40,27 @@ def failure_kind(error: BaseException) -> str | None:
     return None
 
 
+def cause(error: BaseException, kind: str | None = None) -> str:
+    """The cause of a store's failure in a few words, for a warning: the database's own line for a
+    damaged or full store ('(sqlite3.DatabaseError) database disk image is malformed', not
+    SQLAlchemy's autoflush advice), the transport's reason for an unreachable server ('connection
+    refused', not urllib3's 500 characters of pool and retry objects). At most 300 characters."""
+    from cifar_exp.tracking.databases import error_line
+
+    text = f"{type(error).__name__}: {error}"
+    lower = text.lower()
+    if kind == UNREACHABLE:
+        specific = [sign for sign in _SIGNS[UNREACHABLE]
+                    if sign in lower and sign not in ("max retries exceeded", "api request to")]
+        if specific:
+            return specific[0]
+    if kind in (FULL, DAMAGED):
+        for line in str(error).splitlines():
+            if any(sign in line.lower() for sign in _SIGNS[kind]):
+                return line.strip()[:300]
+    return error_line(error)[:300] if str(error).strip() else type(error).__name__
+
+
 def sqlite_path(tracking_uri: str) -> str | None:
     """The database file of a sqlite:/// URI, else None."""
     return os.path.abspath(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
