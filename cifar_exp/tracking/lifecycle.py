@@ -213,6 +213,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lost-host", action="append", default=[],
                         help="a host that is gone for good: its RUNNING runs are closed too (repeatable)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # each run is told once, below
     try:
         client = connect(args.store)
     except ConfigError as error:

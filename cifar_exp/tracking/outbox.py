@@ -343,4 +343,6 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"Error: not a folder: {', '.join(missing)}")
         return 2
+    # MLflow prints '🏃 View run ... / 🧪 View experiment ...' at each close on a server: sync says its own line.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return 1 if sync(argv) else 0
