@@ -354,3 +354,18 @@ def test_a_store_failure_is_worded_by_its_cause_not_by_sqlalchemy_or_urllib3(tmp
                              str(Path(__file__).parent)], capture_output=True, text=True, timeout=300, env=env)
     assert result.stdout.splitlines() == ["damaged | (sqlite3.DatabaseError) database disk image is malformed",
                                           "unreachable | connection refused"], result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_an_empty_file_where_the_store_was_is_refused_not_filled_with_fresh_tables(tmp_path):
+    # issue 20: a failed `sqlite3 DAMAGED .recover | sqlite3 NEW` leaves a 0-byte file (exit 0); moved in
+    # place, the next job created fresh tables in it and FINISHED: every earlier run gone from the store.
+    path = tmp_path / "store" / "mlflow.db"
+    path.parent.mkdir()
+    path.write_bytes(b"")
+    result = run_cli([*SMOKE, f"mlflow.tracking_uri=sqlite:///{path}"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"Error: Invalid config: mlflow.tracking_uri='sqlite:///{path}'") and "empty" in line
+    assert f"cifar-exp recover {path}" in line
+    assert path.stat().st_size == 0 and "Epoch 1/" not in result.stdout

@@ -185,6 +185,29 @@ def check_sqlite(tracking_uri: str) -> None:
                           f"started. {repair_hint(path)[0].upper()}{repair_hint(path)[1:]}, or choose another store")
 
 
+def check_not_empty(tracking_uri: str) -> None:
+    """Raise ConfigError when the sqlite store's file exists but holds no table at all (0 bytes: what
+    `sqlite3 DAMAGED .recover | sqlite3 NEW` or `.dump | sqlite3 NEW` leave when they fail, exit 0
+    and all). MLflow would create fresh tables in it, and the store's earlier runs would be gone
+    without a word. A path with no file is a new store. Call it where no other process is creating
+    the store (runs.sqlite_creation_lock held): a store being created is not refused."""
+    path = sqlite_path(tracking_uri)
+    if path is None or not os.path.isfile(path):
+        return
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as connection:
+            tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return  # not a database: check_sqlite says so
+    if tables == 0:
+        raise ConfigError("mlflow.tracking_uri", tracking_uri,
+                          f"a store with its tables, or a path where no file exists yet ({path} is an empty "
+                          f"database: a repair that failed? {repair_hint(path)[0].upper()}{repair_hint(path)[1:]}; "
+                          f"to start a new store there, delete the empty file)")
+
+
 @functools.cache
 def _quick_check(path: str, inode: int) -> str | None:
     # Read-only and immediate: never creates the file, never waits on a writer's lock for long.

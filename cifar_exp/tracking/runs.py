@@ -114,9 +114,13 @@ def connect(tracking_uri: str):
                               f"a sqlite:/// path in an existing folder ({folder} does not exist)")
     health.check_sqlite(tracking_uri)  # a damaged file: refused before any run writes into it
     try:
-        with _quick_http_failure(), sqlite_creation_lock(tracking_uri), schema_lock(tracking_uri, "mlflow"):
-            client = MlflowClient(tracking_uri)
-            client.search_experiments(max_results=1)
+        with _quick_http_failure(), sqlite_creation_lock(tracking_uri):
+            health.check_not_empty(tracking_uri)  # an empty file where a store was: never filled silently
+            with schema_lock(tracking_uri, "mlflow"):  # (which creates a new sqlite file: checked before)
+                client = MlflowClient(tracking_uri)
+                client.search_experiments(max_results=1)
+    except ConfigError:
+        raise
     except Exception as error:
         raise ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
                           "a reachable MLflow tracking store (sqlite:///file.db, a folder, or "
