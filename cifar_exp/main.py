@@ -101,15 +101,15 @@ def cli() -> None:
     # its warnings and errors still show. A value the user set wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
+    refusal = check_before_hydra_writes(sys.argv[1:])
+    if refusal:
+        print(f"Error: {refusal}", file=sys.stderr)
+        sys.exit(2)
     try:
         check_command_line(sys.argv[1:])
     except (overrides.UnknownKeyError, overrides.UnknownChoiceError, overrides.RemovedOptionError,
             overrides.ConfigFileError, overrides.LauncherInSweptOverlayError) as error:
         print(f"Error: {error}", file=sys.stderr)
-        sys.exit(2)
-    refusal = check_before_hydra_writes(sys.argv[1:])
-    if refusal:
-        print(f"Error: {refusal}", file=sys.stderr)
         sys.exit(2)
     signals.install()
     import importlib.util
