@@ -369,3 +369,27 @@ def test_an_empty_file_where_the_store_was_is_refused_not_filled_with_fresh_tabl
     assert line.startswith(f"Error: Invalid config: mlflow.tracking_uri='sqlite:///{path}'") and "empty" in line
     assert f"cifar-exp recover {path}" in line
     assert path.stat().st_size == 0 and "Epoch 1/" not in result.stdout
+
+
+def test_recover_reads_past_a_damaged_leaf_page(tmp_path):
+    from cifar_exp.tracking import health
+
+    path = tmp_path / "store.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE metrics (key TEXT, value REAL, step INTEGER)")
+        connection.executemany("INSERT INTO metrics VALUES (?, ?, ?)", [("loss", 1.0 / (i + 1), i) for i in range(3000)])
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        leaves = [row[0] for row in connection.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'metrics' AND pagetype = 'leaf'")]
+    connection.close()
+    with open(path, "r+b") as f:  # one leaf in the middle: the rows before and after it are readable
+        f.seek((leaves[len(leaves) // 2] - 1) * page_size)
+        f.write(b"\x55" * 64)
+    kept = health.recover_sqlite(str(path), str(path) + ".recovered")
+    rows_per_leaf = 3000 // len(leaves) + 1
+    assert 3000 - 3 * rows_per_leaf <= kept["metrics"] < 3000
+    with sqlite3.connect(str(path) + ".recovered") as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        steps = [row[0] for row in copy.execute("SELECT step FROM metrics ORDER BY rowid")]
+    copy.close()
+    assert steps[0] == 0 and steps[-1] == 2999 and len(set(steps)) == len(steps)

@@ -108,23 +108,30 @@ def _copy_rows(source, target, table: str) -> int:
     quoted = '"' + table.replace('"', '""') + '"'
     columns = len(source.execute(f"SELECT * FROM {quoted} LIMIT 0").description)
     insert = f"INSERT OR IGNORE INTO {quoted} VALUES ({', '.join('?' * columns)})"
-    count, last = 0, None
-    for _ in range(10_000):  # each pass resumes after the last row read; a damaged page ends a pass
-        query, args = (f"SELECT rowid, * FROM {quoted} ORDER BY rowid", ()) if last is None else \
-            (f"SELECT rowid, * FROM {quoted} WHERE rowid > ? ORDER BY rowid", (last,))
+    count, after, gap = 0, None, 1
+    # Each pass reads on from `after`. A damaged page ends a pass: the next starts just past the last
+    # row read; when that lands in the damaged page again, it jumps further (1, 2, 4, ... rowids).
+    for _ in range(10_000):
+        query, args = (f"SELECT rowid, * FROM {quoted} ORDER BY rowid", ()) if after is None else \
+            (f"SELECT rowid, * FROM {quoted} WHERE rowid > ? ORDER BY rowid", (after,))
         progressed = False
         try:
             for row in source.execute(query, args):
                 target.execute(insert, row[1:])
-                count, last, progressed = count + 1, row[0], True
+                count, after, progressed = count + 1, row[0], True
             return count
         except sqlite3.OperationalError as error:  # a WITHOUT ROWID table: no rowid to resume from
-            if "rowid" in str(error).lower() and last is None and not progressed:
+            if "rowid" in str(error).lower() and after is None and not progressed:
                 return _copy_without_rowid(source, target, quoted, insert)
             return count
         except sqlite3.DatabaseError:
-            if not progressed:
+            if progressed:
+                gap = 1
+                continue
+            gap *= 2
+            if gap > 2 ** 40:
                 return count
+            after = (after or 0) + gap
     return count
 
 
