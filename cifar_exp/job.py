@@ -111,7 +111,7 @@ def _run_job(cfg, context: JobContext) -> float:
         if backend_env:
             tracker.set_tags({f"env.{key}": value for key, value in backend_env.items()})
         # Validation, the store, the devices, the run and its params: the job's seconds before its task.
-        tracker.log_metrics({"time/setup": time.monotonic() - started}, step=0)
+        tracker.log_metrics({"time/setup": time.monotonic() - started}, step=tracker.phase_step)
         metrics = run_task(cfg, tracker, checkpoint_dir)
         value = float(metrics[cfg.optimized_metric])
     except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP (signals.Stopped): ends a sweep too
@@ -162,7 +162,7 @@ def reap_gone_owners(client, experiment_id: str, digest: str, context: JobContex
     if context.multirun and context.sweep_dir:
         where.append(f"tags.sweep_id = '{sweep_id(context.sweep_dir)}'")
     for each in where:
-        lifecycle.reap(client, [experiment_id], each)
+        lifecycle.reap(client, [experiment_id], each, here=context.output_dir)
 
 
 def _open_run(cfg, context: JobContext, client, digest: str, resumed, tags: dict[str, str]):

@@ -87,6 +87,10 @@ def cli() -> None:
         from cifar_exp.tracking.outbox import main as sync_main
 
         sys.exit(sync_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "recover":  # a damaged sqlite store, copied beside it
+        from cifar_exp.tracking.health import recover_main
+
+        sys.exit(recover_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "reap":  # runs left RUNNING by a process that is gone
         from cifar_exp.tracking.lifecycle import main as reap_main
 
@@ -97,6 +101,10 @@ def cli() -> None:
     # its warnings and errors still show. A value the user set wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     sys.argv = [sys.argv[0], *overrides.multirun_flag_first(sys.argv[1:])]
+    refusal = check_before_hydra_writes(sys.argv[1:])
+    if refusal:
+        print(f"Error: {refusal}", file=sys.stderr)
+        sys.exit(2)
     try:
         check_command_line(sys.argv[1:])
     except (overrides.UnknownKeyError, overrides.UnknownChoiceError, overrides.RemovedOptionError,
@@ -120,6 +128,34 @@ def cli() -> None:
 
             summarize(stopped.sweep_dir)
         sys.exit(stopped.exit_code)
+
+
+def check_before_hydra_writes(args: list[str]) -> str | None:
+    """What Hydra would do wrong before our job runs, in one line (None: nothing): a `-cd` folder that
+    does not exist (Hydra: a UserWarning, then an error and exit 1), and a single run whose
+    `hydra.run.dir` another live process works in (Hydra would overwrite that job's `.hydra/`
+    config files before the job's own lock refuses it)."""
+    from hydra._internal.utils import get_args_parser
+
+    from cifar_exp.errors import ConfigError
+    from cifar_exp.tracking.lifecycle import check_free
+
+    parsed, _ = get_args_parser().parse_known_args(args)
+    if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return None
+    if parsed.config_dir and not os.path.isdir(parsed.config_dir):
+        return (f"Invalid config: --config-dir={parsed.config_dir!r}. Allowed: a folder that exists "
+                f"({os.path.abspath(parsed.config_dir)} does not).")
+    if parsed.multirun:
+        return None
+    for override in parsed.overrides or []:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "hydra.run.dir" and value and "${" not in value:
+            try:
+                check_free(value.strip("'\""), "hydra.run.dir")
+            except ConfigError as error:
+                return str(error)
+    return None
 
 
 def check_command_line(args: list[str]) -> None:

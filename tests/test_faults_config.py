@@ -73,3 +73,12 @@ def test_a_broken_config_folder_exits_in_one_line_and_starts_nothing(tmp_path):
         "chooses optimizer option 'nosuch', which does not exist; optimizer's options: adadelta, adagrad, adam, "
         "adamw, airbench, momentum, nadam, nesterov, rmsprop, sgd"]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.slow
+def test_a_config_folder_that_does_not_exist_is_one_line_and_exit_2(tmp_path):
+    missing = tmp_path / "nosuch"
+    result = run_cli(["-cd", str(missing), "dataset=synthetic"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"Error: Invalid config: --config-dir='{missing}'. Allowed: a folder that exists ({missing} does not)."]

@@ -67,6 +67,27 @@ def test_a_second_run_in_a_busy_job_folder_is_refused_in_one_line_before_a_run_o
 
 
 @pytest.mark.slow
+def test_a_run_refused_for_a_busy_folder_leaves_the_first_jobs_hydra_files_as_they_are(tmp_path):
+    # issue 20: Hydra wrote the second run's .hydra/config.yaml and overrides.yaml over the first's.
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        (folder / ".hydra" / name).write_text("the first job's\n")
+    holder = _holder(folder)
+    try:
+        result = run_cli([*SMOKE, "seed=7", f"mlflow.tracking_uri={tracking_uri(tmp_path)}",
+                          f"hydra.run.dir={folder}"], cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 2
+    line = _one_error_line(result)
+    assert line.startswith(f"Error: Invalid config: hydra.run.dir='{folder}'") and f"process {holder.pid}" in line
+    assert {p.name: p.read_text() for p in (folder / ".hydra").iterdir()} == {
+        name: "the first job's\n" for name in ("config.yaml", "overrides.yaml", "hydra.yaml")}
+
+
+@pytest.mark.slow
 def test_a_second_sweep_in_a_busy_sweep_folder_is_refused_before_anything_trains(tmp_path):
     uri = tracking_uri(tmp_path)
     folder = tmp_path / "sweep"
@@ -117,6 +138,24 @@ def test_reap_closes_killed_the_runs_of_dead_processes_and_leaves_live_ones(tmp_
 
 
 @pytest.mark.slow
+def test_reap_tells_each_closed_run_once_and_how_to_resume_one_with_a_checkpoint(tmp_path):
+    # issue 20: the same command in a new default folder starts a NEW run; the line must say what resumes.
+    uri = tracking_uri(tmp_path)
+    folder = tmp_path / "job"
+    (folder / "checkpoint" / "abc123").mkdir(parents=True)
+    (folder / "checkpoint" / "abc123" / "training_metadata.json").write_text('{"epoch": 0}')
+    dead = _orphan_run(uri, json.dumps({"output_dir": str(folder), "config_hash": "abc123"}))
+    result = subprocess.run([sys.executable, "-m", "cifar_exp", "reap", "--store", uri], env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    lines = [line for line in out.splitlines() if dead in line]
+    assert len(lines) == 1, out  # told once, not as a log line and again as 'KILLED: run ...'
+    line = lines[0]
+    assert "closed KILLED" in line and f"resume={dead}" in line and f"hydra.run.dir={folder}" in line
+
+
+@pytest.mark.slow
 def test_the_next_run_of_a_job_killed_by_sigkill_closes_its_run_killed_then_resumes_it(tmp_path):
     uri = tracking_uri(tmp_path)
     folder = tmp_path / "run"
@@ -143,6 +182,12 @@ def test_the_next_run_of_a_job_killed_by_sigkill_closes_its_run_killed_then_resu
     assert [(r.info.run_id, r.info.status) for r in runs] == [(killed, "FINISHED")]
     assert "ended_by" not in runs[0].data.tags  # it ended FINISHED after all
     assert sorted(m.step for m in client.get_metric_history(killed, "loss")) == [1, 2]  # each step once
+    assert f"resume={killed}" not in log  # this job resumes it: no advice to do so
+    # The resuming process's phase figures go at a step of their own (issue 20: time/setup twice at 0).
+    assert sorted(m.step for m in client.get_metric_history(killed, "time/setup")) == [0, 1]
+    for key in [k for k in runs[0].data.metrics if k.startswith(("time/", "memory/"))]:
+        steps = [m.step for m in client.get_metric_history(killed, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
 
 
 # --- a killed joblib worker ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import sys
 
 from cifar_exp.errors import ConfigError
 
@@ -39,14 +40,142 @@ def failure_kind(error: BaseException) -> str | None:
     return None
 
 
+def cause(error: BaseException, kind: str | None = None) -> str:
+    """The cause of a store's failure in a few words, for a warning: the database's own line for a
+    damaged or full store ('(sqlite3.DatabaseError) database disk image is malformed', not
+    SQLAlchemy's autoflush advice), the transport's reason for an unreachable server ('connection
+    refused', not urllib3's 500 characters of pool and retry objects). At most 300 characters."""
+    from cifar_exp.tracking.databases import error_line
+
+    text = f"{type(error).__name__}: {error}"
+    lower = text.lower()
+    if kind == UNREACHABLE:
+        specific = [sign for sign in _SIGNS[UNREACHABLE]
+                    if sign in lower and sign not in ("max retries exceeded", "api request to")]
+        if specific:
+            return specific[0]
+    if kind in (FULL, DAMAGED):
+        for line in str(error).splitlines():
+            if any(sign in line.lower() for sign in _SIGNS[kind]):
+                return line.strip()[:300]
+    return error_line(error)[:300] if str(error).strip() else type(error).__name__
+
+
 def sqlite_path(tracking_uri: str) -> str | None:
     """The database file of a sqlite:/// URI, else None."""
     return os.path.abspath(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
 
 
 def repair_hint(path: str) -> str:
-    return (f"recover what is readable into a new file (`sqlite3 {path} .recover | sqlite3 {path}.recovered` then "
-            f"move it in place, keeping the damaged file) or restore a backup")
+    return (f"copy what is readable into a new file beside it with `cifar-exp recover {path}` (it keeps the "
+            f"damaged file, writes {path}.recovered and prints the runs and metric values it kept; check them "
+            f"before moving it in place) or restore a backup")
+
+
+def recover_sqlite(path: str, destination: str) -> dict[str, int]:
+    """Copy every readable row of the sqlite file `path` into a new file `destination`: the schema
+    first (tables, then indexes, triggers and views), then each table row by row in rowid order,
+    skipping past a damaged page where sqlite can (`rowid > last`). The damaged file is only read.
+
+    Returns {table: rows kept}. Raises FileExistsError when `destination` exists (never overwritten),
+    sqlite3.DatabaseError when `path` has no readable schema (nothing can be recovered from it).
+    sqlite3's own `.recover` needs the dbpage virtual table that Debian's sqlite3 3.40 lacks ("SQL logic
+    error"), and `.dump` ends a damaged file's dump with ROLLBACK: both leave an empty store."""
+    from contextlib import closing
+
+    if os.path.exists(destination):
+        raise FileExistsError(f"{destination} exists; move it away first")
+    kept: dict[str, int] = {}
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as source, \
+            closing(sqlite3.connect(destination, isolation_level=None)) as target:
+        schema = source.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+                                "AND name NOT LIKE 'sqlite_%'").fetchall()
+        target.execute("BEGIN")
+        for _, name, sql in (row for row in schema if row[0] == "table"):
+            target.execute(sql)
+            kept[name] = _copy_rows(source, target, name)
+        for kind, name, sql in schema:
+            if kind != "table":
+                try:
+                    target.execute(sql)
+                except sqlite3.DatabaseError:  # e.g. a unique index over rows a damaged page duplicated
+                    pass
+        target.execute("COMMIT")
+    return kept
+
+
+def _copy_rows(source, target, table: str) -> int:
+    quoted = '"' + table.replace('"', '""') + '"'
+    columns = len(source.execute(f"SELECT * FROM {quoted} LIMIT 0").description)
+    insert = f"INSERT OR IGNORE INTO {quoted} VALUES ({', '.join('?' * columns)})"
+    count, after, gap = 0, None, 1
+    # Each pass reads on from `after`. A damaged page ends a pass: the next starts just past the last
+    # row read; when that lands in the damaged page again, it jumps further (1, 2, 4, ... rowids).
+    for _ in range(10_000):
+        query, args = (f"SELECT rowid, * FROM {quoted} ORDER BY rowid", ()) if after is None else \
+            (f"SELECT rowid, * FROM {quoted} WHERE rowid > ? ORDER BY rowid", (after,))
+        progressed = False
+        try:
+            for row in source.execute(query, args):
+                target.execute(insert, row[1:])
+                count, after, progressed = count + 1, row[0], True
+            return count
+        except sqlite3.OperationalError as error:  # a WITHOUT ROWID table: no rowid to resume from
+            if "rowid" in str(error).lower() and after is None and not progressed:
+                return _copy_without_rowid(source, target, quoted, insert)
+            return count
+        except sqlite3.DatabaseError:
+            if progressed:
+                gap = 1
+                continue
+            gap *= 2
+            if gap > 2 ** 40:
+                return count
+            after = (after or 0) + gap
+    return count
+
+
+def _copy_without_rowid(source, target, quoted: str, insert: str) -> int:
+    count = 0
+    try:
+        for row in source.execute(f"SELECT * FROM {quoted}"):
+            target.execute(insert, row)
+            count += 1
+    except sqlite3.DatabaseError:
+        pass
+    return count
+
+
+def recover_main(argv: list[str]) -> int:
+    """`cifar-exp recover PATH`: PATH.recovered holding what is readable of the damaged sqlite store
+    PATH, what it kept printed per table, and how to check it and move it in place. Exit 0 when a
+    file was written, 2 otherwise."""
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("Usage: cifar-exp recover PATH/mlflow.db   (writes PATH/mlflow.db.recovered, keeps the damaged file)",
+              file=sys.stderr)
+        return 2
+    path = sqlite_path(argv[0]) or os.path.abspath(argv[0])
+    destination = path + ".recovered"
+    if not os.path.isfile(path):
+        print(f"Error: {path} is not a file", file=sys.stderr)
+        return 2
+    try:
+        kept = recover_sqlite(path, destination)
+    except (FileExistsError, sqlite3.DatabaseError) as error:
+        if isinstance(error, sqlite3.DatabaseError) and os.path.exists(destination):
+            os.remove(destination)
+        print(f"Error: nothing recovered from {path}: {error}", file=sys.stderr)
+        return 2
+    problem = _quick_check(destination, os.stat(destination).st_ino)
+    for table in ("experiments", "runs", "metrics", "params", "tags"):
+        if table in kept:
+            print(f"{table}: {kept[table]} rows kept")
+    print(f"All tables: {sum(kept.values())} rows kept in {destination} ({len(kept)} tables). "
+          f"{path} is unchanged. quick_check of the copy: {problem or 'ok'}.")
+    print(f"Check it (`mlflow ui --backend-store-uri sqlite:///{destination}`, or `sqlite3 {destination} "
+          f"'SELECT count(*) FROM runs'`), then put it in place keeping the damaged file: "
+          f"`mv {path} {path}.damaged && mv {destination} {path}`")
+    return 0 if not problem and kept.get("runs", 1) else 2
 
 
 def check_sqlite(tracking_uri: str) -> None:
@@ -61,6 +190,29 @@ def check_sqlite(tracking_uri: str) -> None:
         raise ConfigError("mlflow.tracking_uri", tracking_uri,
                           f"an undamaged store; sqlite's quick_check of {path} says: {problem}. No run was "
                           f"started. {repair_hint(path)[0].upper()}{repair_hint(path)[1:]}, or choose another store")
+
+
+def check_not_empty(tracking_uri: str) -> None:
+    """Raise ConfigError when the sqlite store's file exists but holds no table at all (0 bytes: what
+    `sqlite3 DAMAGED .recover | sqlite3 NEW` or `.dump | sqlite3 NEW` leave when they fail, exit 0
+    and all). MLflow would create fresh tables in it, and the store's earlier runs would be gone
+    without a word. A path with no file is a new store. Call it where no other process is creating
+    the store (runs.sqlite_creation_lock held): a store being created is not refused."""
+    path = sqlite_path(tracking_uri)
+    if path is None or not os.path.isfile(path):
+        return
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as connection:
+            tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return  # not a database: check_sqlite says so
+    if tables == 0:
+        raise ConfigError("mlflow.tracking_uri", tracking_uri,
+                          f"a store with its tables, or a path where no file exists yet ({path} is an empty "
+                          f"database: a repair that failed? {repair_hint(path)[0].upper()}{repair_hint(path)[1:]}; "
+                          f"to start a new store there, delete the empty file)")
 
 
 @functools.cache

@@ -61,6 +61,25 @@ class FolderLock:
             self.handle.close()
 
 
+def check_free(folder: str, key: str) -> None:
+    """Raise the same ConfigError as FolderLock when a live process holds `folder`'s lock; create
+    nothing (no folder, no lock file) and hold nothing. For the command line, before Hydra writes
+    `.hydra/` into a folder another job works in."""
+    import fcntl
+
+    path = Path(folder) / LOCK_FILE
+    if not path.is_file():
+        return
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(key, str(folder), f"a folder no other process is using ({holder} is working in "
+                                                f"it): wait for it to end, or choose another {key}") from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @contextmanager
 def folder_lock(folder: str | None, key: str):
     """Hold `folder`'s lock for the block (nothing when folder is None); ConfigError naming `key`
@@ -77,7 +96,7 @@ def folder_lock(folder: str | None, key: str):
 
 # ------------------------------------------------------------------------------- reaping
 
-def close_dead_run(client, run_id: str, why: str) -> None:
+def close_dead_run(client, run_id: str, why: str, here: str | None = None) -> str:
     """Close a run that its own job can no longer close: KILLED, tagged `ended_by` (why) and
     `error`; its job folder's job_status.json (if it still says RUNNING) says KILLED too."""
     from mlflow.entities import RunTag
@@ -88,7 +107,23 @@ def close_dead_run(client, run_id: str, why: str) -> None:
     folder = run.data.tags.get("output_dir")
     if folder:
         mark_job_killed(folder, why, run_id=run_id)
-    log.warning("run %s closed KILLED: %s", run_id, why)
+    told = f"run {run_id} closed KILLED: {why}{resume_hint(run, here)}"
+    log.warning("%s", told)
+    return told
+
+
+def resume_hint(run, here: str | None = None) -> str:
+    """'; it resumes from its checkpoint with resume=<id> (or hydra.run.dir=<folder>)' when the run's
+    job folder holds a checkpoint of its config, else ''. A new command in a new folder starts a
+    new run from epoch 1: only these two continue this one. '' when the job reaping it works in
+    that folder (`here`): that job resumes it itself."""
+    folder, digest = run.data.tags.get("output_dir"), run.data.tags.get("config_hash")
+    if here and folder == str(here):
+        return ""
+    if not folder or not digest or not (Path(folder) / "checkpoint" / digest / "training_metadata.json").is_file():
+        return ""
+    return (f"; to resume it from its checkpoint, re-run the same command with resume={run.info.run_id} "
+            f"(or hydra.run.dir={folder})")
 
 
 def mark_job_killed(job_dir: str, why: str, run_id: str | None = None, overrides=()) -> None:
@@ -138,10 +173,11 @@ def _gone(run, lost_hosts=()) -> str | None:
     return None
 
 
-def reap(client, experiment_ids: list[str], where: str = "", lost_hosts=()) -> list[str]:
+def reap(client, experiment_ids: list[str], where: str = "", lost_hosts=(), told: list[str] | None = None,
+         here: str | None = None) -> list[str]:
     """Close KILLED every RUNNING run of the experiments (matching the MLflow filter `where`) whose
     owner process is gone; returns their ids. Runs of live processes, of other hosts and runs
-    without an owner record (older versions) are left as they are."""
+    without an owner record (older versions) are left as they are. `told` gets each run's line."""
     query = "attributes.status = 'RUNNING'" + (f" and {where}" if where else "")
     closed = []
     token = None
@@ -150,7 +186,9 @@ def reap(client, experiment_ids: list[str], where: str = "", lost_hosts=()) -> l
         for run in page:
             why = _gone(run, lost_hosts)
             if why:
-                close_dead_run(client, run.info.run_id, why)
+                line = close_dead_run(client, run.info.run_id, why, here)
+                if told is not None:
+                    told.append(line)
                 closed.append(run.info.run_id)
         token = page.token
         if not token:
@@ -175,6 +213,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lost-host", action="append", default=[],
                         help="a host that is gone for good: its RUNNING runs are closed too (repeatable)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # each run is told once, below
     try:
         client = connect(args.store)
     except ConfigError as error:
@@ -187,10 +226,12 @@ def main(argv: list[str]) -> int:
             print(f"Error: no experiment named {args.experiment!r} in {mask_secrets(args.store)}", file=sys.stderr,
                   flush=True)
             return 2
-    closed = reap(client, [e.experiment_id for e in experiments], lost_hosts=tuple(args.lost_host)) \
+    log.setLevel(logging.ERROR)  # each closed run is told once, below, not also as a log warning
+    told: list[str] = []
+    closed = reap(client, [e.experiment_id for e in experiments], lost_hosts=tuple(args.lost_host), told=told) \
         if experiments else []
-    for run_id in closed:
-        print(f"  KILLED: run {run_id}", flush=True)
+    for line in told:
+        print(f"  {line}", flush=True)
     print(f"Reaped {len(closed)} run(s) left RUNNING by a process that is gone ({mask_secrets(args.store)})",
           flush=True)
     return 0

@@ -226,7 +226,7 @@ class BufferedClient:
             self.spent_s += time.monotonic() - started
             self.outbox.add(op)
             if self.failure is None:
-                first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+                first = health.cause(error, kind)
                 log.warning("%s: %s; training goes on, run %s's writes wait in %s",
                             what_failed(kind, self.raw.tracking_uri), mask_secrets(first), self.outbox.run_id,
                             self.outbox.folder)
@@ -312,7 +312,7 @@ def sync(folders: list[str]) -> int:
             left = outbox.send(MlflowClient(meta["tracking_uri"]))
         except Exception as error:  # refused for another reason than an outage: said, and the rest goes on
             left = len(outbox.ops())
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = health.cause(error, health.failure_kind(error))
             print(f"run {meta['run_id']}: the store refused a write: {mask_secrets(first)}")
         if left:
             waiting += 1
@@ -343,4 +343,6 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"Error: not a folder: {', '.join(missing)}")
         return 2
+    # MLflow prints '🏃 View run ... / 🧪 View experiment ...' at each close on a server: sync says its own line.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return 1 if sync(argv) else 0

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 @runtime_checkable
 class Tracker(Protocol):
     run_id: str | None  # None for NullTracker
+    phase_step: int  # the step of this process's time/* and memory/rss_mb figures (0, +1 per resume)
 
     def set_tags(self, tags: dict) -> None: ...
 

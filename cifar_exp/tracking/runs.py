@@ -114,9 +114,13 @@ def connect(tracking_uri: str):
                               f"a sqlite:/// path in an existing folder ({folder} does not exist)")
     health.check_sqlite(tracking_uri)  # a damaged file: refused before any run writes into it
     try:
-        with _quick_http_failure(), sqlite_creation_lock(tracking_uri), schema_lock(tracking_uri, "mlflow"):
-            client = MlflowClient(tracking_uri)
-            client.search_experiments(max_results=1)
+        with _quick_http_failure(), sqlite_creation_lock(tracking_uri):
+            health.check_not_empty(tracking_uri)  # an empty file where a store was: never filled silently
+            with schema_lock(tracking_uri, "mlflow"):  # (which creates a new sqlite file: checked before)
+                client = MlflowClient(tracking_uri)
+                client.search_experiments(max_results=1)
+    except ConfigError:
+        raise
     except Exception as error:
         raise ConfigError("mlflow.tracking_uri", mask_secrets(tracking_uri),
                           "a reachable MLflow tracking store (sqlite:///file.db, a folder, or "
@@ -192,6 +196,9 @@ class RunTracker:
         # Writes the store cannot take wait in the job folder (tracking/outbox.py): training goes on.
         self.client, self.run_id, self.output_dir = outbox.buffered(client, run_id, output_dir), run_id, output_dir
         self.pending: list = []
+        # The step of this process's `time/*` and `memory/rss_mb` figures: 0 for the run's first
+        # process, then one more for each process that resumes it (each step is logged once).
+        self.phase_step = 0
 
     @classmethod
     def resume(cls, client, run_id: str, output_dir: str | None = None):
@@ -208,6 +215,8 @@ class RunTracker:
             _retry(lambda key=key: client.delete_tag(run_id, key))
         if output_dir:  # what an earlier process of this job could not send
             tracker.client.resume_outbox()
+        earlier = _retry(lambda: client.get_metric_history(run_id, "time/setup"))
+        tracker.phase_step = 1 + max(m.step for m in earlier) if earlier else 0
         return tracker
 
     @classmethod
@@ -327,6 +336,7 @@ class NullTracker:
     runs. A run it opens is another NullTracker."""
 
     run_id = None
+    phase_step = 0
 
     def __init__(self, client=None):
         self._reader = RunTracker(client, "") if client is not None else None

@@ -306,10 +306,11 @@ def release_job_state(earlier_gradients=frozenset()) -> None:
 
 
 def log_phases(tracker, timer: PhaseTimer) -> None:
-    """The `time/*` and `memory/rss_mb` figures, at step 0; a store that refuses them costs the run
+    """The `time/*` and `memory/rss_mb` figures, at the tracker's `phase_step` (0, one more per
+    process that resumed the run: each step logged once); a store that refuses them costs the run
     nothing else (RunTracker keeps refused values for its next write)."""
     try:
-        tracker.log_metrics(timer.metrics(), step=0)
+        tracker.log_metrics(timer.metrics(), step=getattr(tracker, "phase_step", 0))
     except Exception as error:
         log.warning("could not log the job's phase times (%s)", error)
 
