@@ -43,7 +43,8 @@ def cifar():
 
 def dataset_cfg(name, path, cache_dir, **overrides):
     cfg = OmegaConf.load(CONF / "dataset" / f"{name}.yaml")
-    cfg.path, cfg.cache_dir = str(path) if path is not None else None, str(cache_dir)
+    cfg.path = str(path) if path is not None else None
+    cfg.cache_dir = str(cache_dir) if cache_dir is not None else None  # None: no cache (not a folder 'None')
     cfg.train_size, cfg.test_size = 10 * PER_CLASS["train"], 10 * PER_CLASS["test"]
     for key, value in overrides.items():
         cfg[key] = value
