@@ -172,3 +172,14 @@ def test_groups_with_runs_that_did_not_learn_are_marked(tmp_path, capsys):
     assert rows["init=zeros"]["did_not_learn"] == "1" and rows["init=he_normal"]["did_not_learn"] == "0"
     assert "did not learn: 1 run(s)" in out and "init=zeros (1 of 2)" in out
     assert "init=zeros (1 of 2)" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_the_did_not_learn_note_says_mixed_only_of_groups_that_mix():
+    """A group whose every run ended at chance mixes nothing: the note names it but says 'mix' only
+    of groups holding both kinds (a new user read '1 of 1 ... mix' as wrong)."""
+    alone = report.Summary("init=zeros", [0.1], 1, 0.1, math.nan, math.nan, math.nan, 0.1, did_not_learn=1)
+    mixed = report.Summary("init=ones", [0.1, 0.3], 2, 0.2, 0.14, 0.0, 0.4, 0.3, did_not_learn=1)
+    assert "mix" not in report.did_not_learn_note([alone])
+    note = report.did_not_learn_note([alone, mixed])
+    assert "init=zeros (1 of 1)" in note
+    assert note.endswith("the means of init=ones mix runs that learnt with runs that did not")

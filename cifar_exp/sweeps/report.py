@@ -160,10 +160,12 @@ def did_not_learn_note(rows: list[Summary]) -> str | None:
     if not marked:
         return None
     total = sum(s.did_not_learn for s in marked)
+    mixed = [s for s in marked if s.did_not_learn < s.n]  # a group only of such runs mixes nothing
     return (f"did not learn: {total} run(s) ended at chance level (final test accuracy within "
             f"{CHANCE_SIGMAS} binomial standard deviations of it; MLflow tag outcome={DID_NOT_LEARN}) in "
             + "; ".join(f"{s.label} ({s.did_not_learn} of {s.n})" for s in marked)
-            + ": those groups' means mix runs that learnt with runs that did not")
+            + (f": the means of {'; '.join(s.label for s in mixed)} mix runs that learnt with runs that did not"
+               if mixed else ""))
 
 
 # ----------------------------------------------------------------------------- files
