@@ -1,5 +1,5 @@
-"""Entry point: `python -m cifar_exp [overrides]`, `cifar-exp [overrides]`, `cifar-exp report ...`,
-`cifar-exp sync FOLDER...`.
+"""Entry point: `python -m cifar_exp [overrides]`, `cifar-exp [overrides]`, and the subcommands
+`cifar-exp report|sync|recover|reap ...` (SUBCOMMANDS).
 
 The only module that touches Hydra's runtime state; the work is in job.run_job.
 """
@@ -78,23 +78,21 @@ def main(cfg: DictConfig) -> float:
         sys.exit(1)
 
 
+# `cifar-exp <name> ...`: module and function of each subcommand, imported only when asked for.
+SUBCOMMANDS = {
+    "report": ("cifar_exp.sweeps.report", "main"),       # compare a sweep's settings
+    "sync": ("cifar_exp.tracking.outbox", "main"),       # send what a job could not send to its store
+    "recover": ("cifar_exp.tracking.health", "recover_main"),  # copy a damaged sqlite store's readable rows
+    "reap": ("cifar_exp.tracking.lifecycle", "main"),    # close runs left RUNNING by a process that is gone
+}
+
+
 def cli() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "report":
-        from cifar_exp.sweeps.report import main as report_main
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        import importlib
 
-        sys.exit(report_main(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "sync":
-        from cifar_exp.tracking.outbox import main as sync_main
-
-        sys.exit(sync_main(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "recover":  # a damaged sqlite store, copied beside it
-        from cifar_exp.tracking.health import recover_main
-
-        sys.exit(recover_main(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "reap":  # runs left RUNNING by a process that is gone
-        from cifar_exp.tracking.lifecycle import main as reap_main
-
-        sys.exit(reap_main(sys.argv[2:]))
+        module, function = SUBCOMMANDS[sys.argv[1]]
+        sys.exit(getattr(importlib.import_module(module), function)(sys.argv[2:]))
     from cifar_exp import overrides, signals
 
     # TensorFlow's C++ INFO lines (oneDNN, CUDA stubs, memory patches) drown a job's own lines;
