@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# One GPU session's measurements for issue 15, prepared to run once on a lent device (at most ~9 minutes
-# of the 15 by the parts' timeouts, start-up aside; run the device call with timeout_s 570 or more). Each part has its own timeout and writes its summary to $OUT as soon as
-# it ends, so a part cut short keeps what the others measured. From the repository root, on the device:
+# One GPU session's measurements for issue 24, prepared to run once on a lent device (at most ~8.5 minutes
+# by the parts' timeouts, start-up aside; run the device call with timeout_s 560 or more). Each part has
+# its own timeout and writes its summary to $OUT as soon as it ends, so a part cut short keeps what the
+# others measured. From the repository root, on the device:
 #
 #   source .device/env.sh && bash benchmarks/gpu_session.sh .device/cifar10-jpeg.tar.gz
 #
 # (see /work/shared/device/README.md: env.sh sets KERAS_BACKEND=jax, PYTHONPATH and the wheels).
-# Parts: 1. experiment=airbench, 5 seeds; 2. experiment=resnet9, 2 seeds; 3. a 4-job lr x seed sweep of
-# the default ResNet-9 recipe in one process (does the second job load the first's compiled step?); 4. a reduced
-# init_comparison under the joblib launcher at n_jobs 1, 2, 4 (several jobs on one GPU, gpu_memory=auto).
+# Parts: 1. experiment=airbench, 5 seeds in one process; 2. the same under mixed_bfloat16; 3.
+# experiment=resnet9, one seed; 4. a 4-job lr x seed sweep of the default ResNet-9 recipe in one process
+# (does the second job load the first's compiled step?); 5. a cProfile of a 2-seed airbench multirun.
 # Every summary holds per job: test accuracy, process start -> run closed (MLflow's start/end), each
-# epoch's seconds (the first includes compilation), its time/* phases and memory/rss_mb (issue 24.1;
-# benchmarks/job_phases.py prints them as a table from the parts' stores in $WORK), the GPU and versions, the date.
+# epoch's seconds (epoch_time: the first includes compilation; epoch_train_time: without the evaluation),
+# its time/* phases and memory/rss_mb (benchmarks/job_phases.py prints them as a table from the parts'
+# stores in $WORK), the GPU and versions, the date. At most 8 files come back: 6 are written.
 #
-# A CPU trial with tiny settings (2 min 43 s on the 2-core VM, 2026-11-30; meaningless numbers; it
-# checks that every part runs and writes its summary):
+# A CPU trial with tiny settings (meaningless numbers; it checks that every part runs and writes its
+# summary; 2026-12-04: see benchmarks/README.md):
 #   TRIAL=1 OUT=/tmp/gpu_trial bash benchmarks/gpu_session.sh /work/shared/data/cifar10-jpeg.tar.gz
-# (2026-12-04, after issue 24's time/* figures: 9 min 51 s under a load average of ~13, every part exit 0
-# and wrote its summary with each job's phases.)
 set -u
 DATA=${1:?usage: gpu_session.sh /path/to/cifar10}
 OUT=${OUT:-/tmp/gpu_session}
@@ -30,11 +30,10 @@ if [ "${TRIAL:-0}" = 1 ]; then
   SMALL="dataset.limit_train=512 dataset.limit_test=256 trainer.epochs=1"
   AIRBENCH_X="$SMALL model.widths=[8,16,16] trainer.batch_size=256"
   RESNET9_X="$SMALL model.width=8 trainer.batch_size=256 lr_schedule.peak_epoch=null"
-  INIT_X="$SMALL model.width=8 model.dense_units=32"
-  SEEDS_AIR=0,1 SEEDS_R9=0 LIMIT=4
+  SEEDS_AIR=0,1 SEEDS_R9=0 SEEDS_PROFILE=0,1 LIMIT=4
 else
-  AIRBENCH_X="" RESNET9_X="" INIT_X="dataset.limit_train=5000 trainer.epochs=1"
-  SEEDS_AIR=0,1,2,3,4 SEEDS_R9=0,1 LIMIT=1
+  AIRBENCH_X="" RESNET9_X=""
+  SEEDS_AIR=0,1,2,3,4 SEEDS_R9=0 SEEDS_PROFILE=5,6 LIMIT=1
 fi
 scaled() { echo $(( $1 * LIMIT )); }  # timeouts: the GPU's seconds, or x LIMIT for the CPU trial
 
@@ -55,6 +54,7 @@ for run in client.search_runs(experiments, max_results=1000) if experiments else
                  # what a user waits for: the sweep's process start -> this run closed (MLflow's end time)
                  "process_start_to_closed_s": None if run.info.end_time is None else run.info.end_time / 1000 - t0,
                  "start": run.info.start_time / 1000, "epoch_time": history("epoch_time"),
+                 "epoch_train_time": history("epoch_train_time"),
                  "test_accuracy_per_epoch": history("test_accuracy"),
                  # issue 24.1: where the job's seconds went (time/*, exclusive wall s) and its RSS after it
                  "phases": {k: round(v, 3) for k, v in run.data.metrics.items() if k.startswith(("time/", "memory/"))},
@@ -70,6 +70,10 @@ json.dump({"part": name, "date": datetime.datetime.now(datetime.timezone.utc).is
           open(f"{out}/{name}.json", "w"), indent=1)
 accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] is not None]
 print(f"{name}: {len(rows)} runs, wall {wall:.1f} s, test accuracy {accs}, first-epoch s {[r['epoch_time'][:1] for r in rows]}")
+print(f"{name}: steady epoch s (median of epochs 2.., train only / with evaluation): " + "; ".join(
+    f"{sorted(r['epoch_train_time'][1:])[len(r['epoch_train_time'][1:]) // 2]:.3f} / "
+    f"{sorted(r['epoch_time'][1:])[len(r['epoch_time'][1:]) // 2]:.3f}" for r in rows if len(r['epoch_time']) > 1))
+print(f"{name}: run opened -> closed s {[r['run_s'] for r in rows]}")
 print(f"{name} phases (s, job by job): " + "; ".join(
     " ".join(f"{k[5:]}={v:.2f}" for k, v in sorted(r["phases"].items()) if k.startswith("time/")) for r in rows))
 EOF
@@ -86,23 +90,36 @@ part() {  # part NAME TIMEOUT_S OVERRIDES...: one multirun in its own MLflow sto
   local rc=${PIPESTATUS[0]}
   local wall; wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   say "part $name: exit $rc, ${wall} s"
-  summarise "$name" "$store" "$wall" "$t0" 2>&1 | tail -n 4 | tee -a "$LOG"
+  summarise "$name" "$store" "$wall" "$t0" 2>&1 | tail -n 6 | tee -a "$LOG"
 }
 
 say "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo none)"
 say "versions: $("$PY" -c 'import keras, jax; print("keras", keras.__version__, "jax", jax.__version__, "backend", keras.backend.backend())' 2>&1 | tail -n 1)"
 say "compile cache: ${JAX_COMPILATION_CACHE_DIR:-trainer.compile_cache=auto}"
 
-# 1. airbench: 5 seeds in one process (the first compiles, the others reuse it).
-part airbench "$(scaled 180)" experiment=airbench "seed=$SEEDS_AIR" $AIRBENCH_X
-# 2. ResNet-9's 24-epoch recipe, 2 seeds: the reference.
-part resnet9 "$(scaled 120)" experiment=resnet9 "seed=$SEEDS_R9" $RESNET9_X
-# 3. lr x seed of the default recipe (one-cycle: its numbers are optimizer variables): from the second
+# 1. airbench: 5 seeds in one process (the first compiles, the others reuse it). Each epoch's
+# epoch_train_time leaves its evaluation out (airbench94 times training only).
+part airbench "$(scaled 150)" experiment=airbench "seed=$SEEDS_AIR" $AIRBENCH_X
+# 2. the same under bfloat16 mixed precision (airbench94 trains in float16): speed and accuracy.
+part airbench_bf16 "$(scaled 120)" experiment=airbench "seed=$SEEDS_AIR" trainer.precision=mixed_bfloat16 $AIRBENCH_X
+# 3. ResNet-9's 24-epoch recipe, one seed: the reference (issue 24: <= 22 s steady).
+part resnet9 "$(scaled 80)" experiment=resnet9 "seed=$SEEDS_R9" $RESNET9_X
+# 4. lr x seed of the default recipe (one-cycle: its numbers are optimizer variables): from the second
 # job on, is the first epoch <= 2x a steady one? 3 epochs each: the question is the first epoch's seconds.
-part lr_sweep "$(scaled 75)" optimizer.lr=0.3,0.5 seed=10,11 trainer.epochs=3 $RESNET9_X
-# 4. several jobs on one GPU: 4 init_comparison jobs at n_jobs 1, 2, 4 (sweep wall time).
-for n in 1 2 4; do
-  part "init_n$n" "$(scaled 50)" experiment=init_comparison init=he_normal,glorot_uniform,he_uniform,lecun_normal \
-    seed=0 hydra/launcher=joblib "hydra.launcher.n_jobs=$n" $INIT_X
-done
+part lr_sweep "$(scaled 70)" optimizer.lr=0.3,0.5 seed=10,11 trainer.epochs=3 $RESNET9_X
+# 5. where the host's seconds go: cProfile of a 2-seed airbench multirun (a new process, the XLA
+# cache warm from part 1), the largest cumulative and own-time entries in profile.txt.
+say "part profile"
+rm -f "$WORK/profile.db"
+timeout "$(scaled 80)" "$PY" -m cProfile -o "$WORK/profile.pstats" -m cifar_exp --multirun experiment=airbench \
+  "seed=$SEEDS_PROFILE" $AIRBENCH_X "dataset.path=$DATA" trainer.verbose=2 trainer.checkpoint=false \
+  "mlflow.tracking_uri=sqlite:///$WORK/profile.db" "hydra.sweep.dir=$WORK/profile" 2>&1 \
+  | grep -v -E '^(W|I|E)[0-9]{4} ' | tail -n 20 >> "$LOG"
+say "part profile: exit ${PIPESTATUS[0]}"
+"$PY" - "$WORK/profile.pstats" > "$OUT/profile.txt" 2>&1 <<'EOF'
+import pstats, sys
+stats = pstats.Stats(sys.argv[1])
+stats.sort_stats("cumulative").print_stats(45)
+stats.sort_stats("tottime").print_stats(25)
+EOF
 say "done"

@@ -23,9 +23,12 @@ def test_a_run_leaves_a_finished_mlflow_run_with_params_metrics_and_artifacts(tm
     assert run.data.params["model.name"] == "lenet" and run.data.params["optimizer.lr"] == "0.001"
     assert run.data.tags["choice.init"] == "he_normal"
     assert "model=lenet" in run.data.tags["overrides"]
-    for key in ("loss", "accuracy", "test_loss", "test_accuracy", "lr", "epoch_time"):
+    for key in ("loss", "accuracy", "test_loss", "test_accuracy", "lr", "epoch_time", "epoch_train_time"):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [1, 2], key
+    whole, training = ({m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+                       for key in ("epoch_time", "epoch_train_time"))
+    assert all(0 < training[step] < whole[step] for step in (1, 2))  # the test pass is left out
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "learning_curves.png", "confusion_matrix.png", "model.keras"} <= artifacts
     assert run.data.metrics["test_accuracy"] > 0.2  # synthetic classes are learnable: chance is 0.1
