@@ -77,6 +77,27 @@ def test_batch_logs_are_read_only_for_the_batches_a_callback_wants():
     assert _CountedValue.reads == 3 and every_third.seen == [(0, 1.0), (3, 1.0), (6, 1.0)]
 
 
+@pytest.mark.parametrize("verbose,expected_reads", [(2, 0), (1, 4)])
+def test_keras_progress_bar_reads_a_batch_only_when_it_redraws(monkeypatch, capsys, verbose, expected_reads):
+    """verbose=2 prints one line per epoch from the epoch's logs: no batch is read; a terminal's bar
+    (verbose=1) is redrawn from a batch at most every PROGRESS_BAR_EVERY_S (Keras' own read all 90)."""
+    from cifar_exp.training import batch_reads
+
+    now = [0.0]
+    monkeypatch.setattr(batch_reads.time, "monotonic", lambda: now[0])
+    _CountedValue.reads = 0
+    callbacks = batch_reads.ReadOnDemand([], model=_tiny_model(0.1), verbose=verbose, epochs=1, steps=90)
+    callbacks.on_train_begin()
+    callbacks.on_epoch_begin(0)
+    for batch in range(90):
+        now[0] = batch * 0.02  # 20 ms a batch: 1.8 s in all
+        callbacks.on_train_batch_end(batch, {"loss": _CountedValue()})
+    callbacks.on_epoch_end(0, {"loss": 0.5})
+    assert _CountedValue.reads == expected_reads  # verbose=1: batches 0, 25, 50 and 75 (0, 0.5, 1.0, 1.5 s)
+    printed = capsys.readouterr().out
+    assert "90/90" in printed and "loss: 0.5" in printed  # the epoch's line, from the epoch's logs
+
+
 def test_the_early_estimate_reads_the_first_batch_and_then_only_the_one_where_it_is_due(monkeypatch):
     from cifar_exp import console
 

@@ -6,11 +6,17 @@ that waits for the step to finish, so the host cannot queue the next one (issue 
 needs (`wants_batch(batch) -> bool`, from the batch number or the clock, never from the logs); the
 logs are read only when one of them does. Callbacks without `wants_batch` get every batch, as in
 Keras; callbacks without a batch hook (most) cost no read at all. Epoch ends are Keras' own.
+Keras' progress bar is one of them (ProgressBar): it read every batch too (issue 24's H200 profile,
+2026-12-04: 960 reads in 2 airbench jobs at trainer.verbose=2, whose bar prints only at epoch ends).
 """
 from __future__ import annotations
 
+import time
+
 import keras
 from keras import ops
+
+PROGRESS_BAR_EVERY_S = 0.5  # a terminal's bar is redrawn from a batch's logs at most this often
 
 
 def python_logs(logs) -> dict:
@@ -32,6 +38,25 @@ def _overrides(callback, hook: str) -> bool:
     return not getattr(getattr(callback, hook), "_is_default", False)
 
 
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar (ProgbarLogger), reading a batch's logs only when it shows them: at most every
+    PROGRESS_BAR_EVERY_S on a terminal (verbose=1), never under verbose=2 (one line per epoch, made from
+    the epoch's logs). Its count of steps comes from the batch number, so skipped batches lose nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.last_read = -float("inf")
+
+    def wants_batch(self, batch) -> bool:
+        if self.verbose != 1:
+            return False
+        now = time.monotonic()
+        if now - self.last_read < PROGRESS_BAR_EVERY_S:
+            return False
+        self.last_read = now
+        return True
+
+
 class ReadOnDemand(keras.callbacks.CallbackList):
     """A CallbackList for `model.fit(callbacks=...)`: training, test and predict batch ends reach only
     the callbacks that override that hook and, when they define it, whose `wants_batch(batch)` is
@@ -39,7 +64,8 @@ class ReadOnDemand(keras.callbacks.CallbackList):
     Built as Keras builds its own (History, a progress bar for verbose != 0, `params` steps/epochs)."""
 
     def __init__(self, callbacks, model, verbose: int, epochs: int, steps: int):
-        super().__init__(callbacks, add_history=True, add_progbar=verbose != 0, model=model,
+        callbacks = list(callbacks) + ([ProgressBar()] if verbose != 0 else [])
+        super().__init__(callbacks, add_history=True, add_progbar=False, model=model,
                          verbose=verbose, epochs=epochs, steps=steps)
         # Nothing goes to Keras' thread pool: the rare reads are made where they are asked for.
         self._async_train = self._async_test = self._async_predict = False
