@@ -176,8 +176,10 @@ def start(root: Path | None = None) -> dict[str, str]:
 
 
 def stop(root: Path | None = None) -> None:
-    """Stop every daemon `start` left in `root` (by the pid files it wrote), newest first."""
+    """Cancel the jobs still in the queue (a stopped slurmd would leave their processes running, holding
+    CPUs and ports), then stop every daemon `start` left in `root` (by the pid files it wrote), newest first."""
     root = Path(root or default_dir())
+    _cancel_all_jobs(root)
     for name in ("slurmd", "slurmctld", "slurmdbd", "mariadb", "munged"):
         pid_file = root / "run" / f"{name}.pid"
         try:
@@ -188,6 +190,22 @@ def stop(root: Path | None = None) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.2)
+
+
+def _cancel_all_jobs(root: Path, wait_s: float = 30.0) -> None:
+    """scancel every job of the cluster in `root` and wait (at most `wait_s`: KillWait is 10 s) until
+    the queue is empty; nothing when the cluster does not answer."""
+    env = dict(os.environ, SLURM_CONF=str(root / "slurm.conf"))
+    if not (root / "slurm.conf").exists() or not shutil.which("squeue"):
+        return
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        listed = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, timeout=30)
+        jobs = listed.stdout.split()
+        if listed.returncode != 0 or not jobs:
+            return
+        subprocess.run(["scancel", *jobs], env=env, capture_output=True, timeout=30)
+        time.sleep(1)
 
 
 def _alive(pid: int) -> bool:

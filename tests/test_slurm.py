@@ -146,3 +146,29 @@ def test_a_time_limit_without_requeue_leaves_the_run_killed_saying_time_limit(sl
     assert len(runs) == 1 and runs[0].info.status == "KILLED", output[-4000:]
     assert "Slurm time limit: not requeued" in runs[0].data.tags["error"]
     assert "SIGUSR2" in runs[0].data.tags["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_scancel_of_a_multi_worker_job_leaves_its_run_killed_and_the_sweep_summary(slurm_cluster, tmp_path):
+    """Two tasks of one Slurm job train one model (MultiWorkerMirroredStrategy): `scancel` may not reach
+    their handlers while they wait on each other in a step, and Slurm SIGKILLs them after KillWait; the
+    launcher closes the chief's run KILLED from the job's Slurm state."""
+    env, name = slurm_cluster, "cifar_exp_test_workers"
+    head, uri = _sweep(tmp_path, env, name, "trainer.epochs=100000", "hydra.launcher.tasks_per_node=2",
+                       "trainer.strategy=multi_worker")
+    try:
+        _until(lambda: _epochs(uri, 0) >= 1, "the chief's first epoch", head)
+        subprocess.run(["scancel", "-n", name], env=env, check=True)  # a one-job sweep: not an array
+        output = head.communicate(timeout=300)[0]
+    except BaseException:
+        subprocess.run(["scancel", "-n", name], env=env)  # leave no job behind for the next tests
+        raise
+    finally:
+        head.kill()
+    assert "Sweep summary: 0 finished, 0 failed, 1 stopped" in output, output[-4000:]
+    assert _queue_drains(env, name) == ""
+    _, runs = _runs(uri)
+    assert len(runs) == 1, [run.data.tags.get("mlflow.runName") for run in runs]  # the chief's run only
+    assert runs[0].info.status == "KILLED", output[-4000:]
+    assert "CANCELLED" in runs[0].data.tags["error"] or "SIGTERM" in runs[0].data.tags["error"]

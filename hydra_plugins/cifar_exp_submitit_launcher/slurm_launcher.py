@@ -6,8 +6,8 @@
   `max_num_timeout` allows and the job has a checkpoint; otherwise the job returns NaN, as a failed
   job of a sweep does. (Submitit alone ignores SIGTERM, so the job trained on until SIGKILL.)
 - In the sweep: every job is waited for; one that ended without a result (cancelled while
-  pending, killed) counts as NaN with a job_status.json saying so, and the sweep goes on to its
-  summary. (Hydra's launcher raised at the first such job and left the others running.) A stopped
+  pending, killed before its handlers ran) counts as NaN with a job_status.json saying so, a run it
+  left RUNNING is closed KILLED naming the Slurm state, and the sweep goes on to its summary. (Hydra's launcher raised at the first such job and left the others running.) A stopped
   sweep cancels the jobs it leaves behind.
 """
 from __future__ import annotations
@@ -79,9 +79,13 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=math.nan)
 
     def _record(self, overrides: list[str], job_num: int, status: str, error: BaseException) -> None:
-        """job_status.json for a job that wrote no end of its own (cancelled before it started or
-        before its run opened, killed at once): the sweep summary counts it."""
+        """The end of a job that wrote none of its own (cancelled before it started or before its
+        run opened, killed before its handlers ran: the tasks of a multi-worker job are SIGKILLed
+        after `scancel` when they outlive Slurm's KillWait): a run it left RUNNING is closed KILLED
+        naming the Slurm state (lifecycle.close_lost_job), and its job_status.json says `status`,
+        so the sweep summary counts it."""
         from cifar_exp.job import JobContext, _write_status
+        from cifar_exp.tracking import lifecycle
 
         try:
             config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -92,6 +96,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         status_file = folder / "job_status.json"
         if status_file.exists() and '"RUNNING"' not in status_file.read_text():
             return  # the job recorded its own end
+        if lifecycle.close_lost_job(str(folder), str(config.mlflow.tracking_uri), str(error), overrides):
+            return  # its run and job_status.json now say KILLED
         _write_status(JobContext(overrides=overrides, output_dir=str(folder)), status, error)
 
 
