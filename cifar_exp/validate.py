@@ -20,7 +20,7 @@ from cifar_exp.training.distribute import STRATEGIES
 from cifar_exp.training.optim import check_optimizer, check_schedule
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 TRIAL_FIELDS = {"storage", "study_name", "number", "trial_id"}  # sweeper/_optuna.py write_trial_file
 
 
@@ -37,6 +37,7 @@ def validate(cfg) -> None:
     trainer = cfg.trainer
     _positive_int("trainer.epochs", trainer.epochs)
     _positive_int("trainer.batch_size", trainer.batch_size)
+    _positive_int("trainer.validation_freq", trainer.validation_freq)
     if trainer.precision not in PRECISIONS:
         raise ConfigError("trainer.precision", trainer.precision, ", ".join(PRECISIONS))
     if trainer.jit_compile not in ("auto", True, False):

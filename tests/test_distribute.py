@@ -173,3 +173,14 @@ def test_drop_remainder_without_a_full_batch_is_refused_before_the_run_opens():
     with pytest.raises(ConfigError, match="at most 900"):  # 10% carved out for validation
         validate.validate(compose(["experiment=airbench", "dataset.limit_train=1000", "dataset.val_fraction=0.1"]))
     validate.validate(compose(["experiment=airbench", "dataset.limit_train=2048"]))
+
+
+def test_precision_auto_is_float32_on_a_cpu_and_mixed_bfloat16_where_the_accelerator_computes_it(monkeypatch):
+    from cifar_exp.data.resident import computes_bfloat16
+    from cifar_exp.training import fit
+
+    assert not computes_bfloat16()  # this machine's device is its CPU
+    assert fit.precision_policy("auto") == "float32"
+    monkeypatch.setattr(fit, "computes_bfloat16", lambda: True)  # an H200, an A100, a TPU
+    assert fit.precision_policy("auto") == "mixed_bfloat16"
+    assert fit.precision_policy("mixed_float16") == "mixed_float16"  # an explicit choice is kept

@@ -194,6 +194,21 @@ def test_a_job_reports_epochs_and_is_pruned_when_worse_than_the_median(tmp_path,
     assert fake_tracker.tags == {"optuna.pruned": "true", "optuna.pruned_at_epoch": "1"}
 
 
+def test_an_epoch_that_evaluated_nothing_reports_nothing_and_a_missing_key_is_still_refused(tmp_path, fake_tracker):
+    study, location = _study(tmp_path, {"name": "none"})
+    asked = study.ask()
+    coordinates = OmegaConf.create({"storage": location, "study_name": "s", "number": asked.number,
+                                    "trial_id": asked._trial_id, "monitor": None})
+    reporter = pruning.TrialReporter(pruning.open_trial(coordinates), "val_accuracy", fake_tracker)
+    # trainer.validation_freq=2: epoch 1 has training keys only, epoch 2 the evaluated split's too
+    assert reporter.epoch_end(0, {"loss": 1.0, "accuracy": 0.3}) is False
+    assert reporter.epoch_end(1, {"loss": 0.8, "accuracy": 0.4, "val_accuracy": 0.35}) is False
+    assert study._storage.get_trial(asked._trial_id).intermediate_values == {2: 0.35}
+    with pytest.raises(ConfigError, match="val_acc"):  # evaluated, but no such key: a typo, not a skip
+        pruning.TrialReporter(pruning.open_trial(coordinates), "val_acc", fake_tracker).epoch_end(
+            2, {"loss": 0.7, "val_accuracy": 0.4})
+
+
 def _sweeper(**overrides):
     from cifar_exp.sweeps.sweeper._impl import OptunaSweeperImpl
 

@@ -49,6 +49,34 @@ def has_accelerator() -> bool:
     return False
 
 
+def computes_bfloat16() -> bool:
+    """Whether the accelerator has bfloat16 matrix units: an NVIDIA GPU of compute capability 8.0 or
+    later (Ampere, Hopper, ...) or a TPU. False on a CPU or an older GPU, or when it cannot tell."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform == "tpu":
+            return True
+        capability = getattr(device, "compute_capability", None)  # "9.0" on an H100/H200
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if tf.config.list_physical_devices("TPU"):
+            return True
+        details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+        capability = ".".join(map(str, details.get("compute_capability") or ())) or None
+    else:
+        return False
+    try:
+        return capability is not None and float(str(capability).split(".")[0]) >= 8
+    except ValueError:
+        return False
+
+
 class HostFeed:
     """The image arrays themselves: the classifier takes uint8 images."""
 

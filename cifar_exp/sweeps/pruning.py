@@ -36,7 +36,8 @@ class TrialReporter:
     """Keras-free core of the callback: `epoch_end` reports and answers "stop now?".
 
     Raises ConfigError (naming `setting`, the key and the keys that exist) at an epoch whose logs
-    lack the monitored key, after marking the trial so the sweeper stops the sweep.
+    lack the monitored key, after marking the trial so the sweeper stops the sweep. An epoch that
+    evaluated nothing (`trainer.validation_freq` > 1: no `val_*` key) reports nothing.
     """
 
     def __init__(self, trial, key: str, tracker, setting: str = "hydra.sweeper.monitor"):
@@ -45,6 +46,8 @@ class TrialReporter:
 
     def epoch_end(self, epoch: int, logs: dict) -> bool:
         value = _lookup(logs, self.key)
+        if value is None and _is_evaluated(self.key) and not any(k.startswith("val_") for k in logs):
+            return False  # this epoch did not evaluate (trainer.validation_freq)
         if value is None:
             from cifar_exp.sweeps.sweeper._optuna import SWEEP_ERROR_ATTR
 
@@ -64,6 +67,11 @@ class TrialReporter:
         self.trial.set_user_attr(PRUNED_ATTR, step)
         self.tracker.set_tags({"optuna.pruned": "true", "optuna.pruned_at_epoch": str(step)})
         return True
+
+
+def _is_evaluated(key: str) -> bool:
+    """Whether `key` names a metric of the evaluated split (test_*, val_*), not of training."""
+    return key.startswith(("test_", "val_"))
 
 
 def _lookup(logs: dict, key: str) -> float | None:

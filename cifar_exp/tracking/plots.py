@@ -13,14 +13,17 @@ def _pyplot():
     return plt
 
 
-def learning_curves(history: dict[str, list[float]], eval_split: str):
-    """Loss and accuracy per epoch, training vs the evaluated split."""
+def learning_curves(epochs: list[dict[str, float]], eval_split: str):
+    """Loss and accuracy per epoch, training vs the evaluated split. `epochs`: each epoch's metrics
+    ({name: value}, epoch 1 first); an epoch that did not evaluate (trainer.validation_freq) lacks
+    the split's keys, and its points are left out, not shifted."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, label in ((metric, "train"), (f"{eval_split}_{metric}", eval_split)):
-            if history.get(key):
-                ax.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=label)
+            points = [(number, values[key]) for number, values in enumerate(epochs, 1) if key in values]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
