@@ -18,6 +18,8 @@ def learning_curves(epochs: list[dict[str, float]], eval_split: str):
     ({name: value}, epoch 1 first); an epoch that did not evaluate (trainer.validation_freq) lacks
     the split's keys, and its points are left out, not shifted."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, label in ((metric, "train"), (f"{eval_split}_{metric}", eval_split)):
@@ -25,6 +27,7 @@ def learning_curves(epochs: list[dict[str, float]], eval_split: str):
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
