@@ -27,7 +27,7 @@ from cifar_exp.tracking import runs as tracking
 from cifar_exp.tracking.run_info import git_state
 from cifar_exp.training import checkpoints, outcome
 from cifar_exp.training.backend_setup import keras_backend
-from cifar_exp.training.distribute import is_chief, worker_name
+from cifar_exp.training.distribute import is_chief, worker_count, worker_name
 from cifar_exp.validate import check_devices, validate
 
 log = logging.getLogger(__name__)
@@ -267,6 +267,7 @@ def _run_as_worker(cfg, context: JobContext) -> float:
     no MLflow run (the chief's run holds the results) and logs nothing there. On Slurm the workers of
     a job share its folder: the chief's job_status.json is the job's, and each worker checkpoints
     into a folder of its own."""
+    _log_to_own_file(context.output_dir, worker_name())
     validate(cfg)
     configure_backend(cfg, context)
     checkpoint_dir = (checkpoints.worker_folder(context.output_dir, config_hash(cfg), worker_name())
@@ -279,9 +280,22 @@ def _run_as_worker(cfg, context: JobContext) -> float:
     return float(metrics[cfg.optimized_metric])
 
 
+def _log_to_own_file(folder: str | None, worker: str) -> None:
+    """Send this worker's log lines to `<job>.<worker>.log` (main.worker1.log) in the job folder instead
+    of Hydra's `<job>.log`, which the chief writes: the workers share the folder, and their lines would
+    interleave with the chief's."""
+    if not folder:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == Path(folder).resolve():
+            handler.close()  # reopened at the next line, under the new name (mode "a")
+            handler.baseFilename = str(Path(handler.baseFilename).with_suffix(f".{worker}.log"))
+
+
 # Keys added after runs were already recorded, with the value that means "as before": they
 # count only when set otherwise, so earlier runs keep their hash (and are skipped or resumed).
-CONFIG_HASH_SINCE = {"trainer.tta": False, "trainer.label_smoothing": 0.0, "trainer.drop_remainder": False}
+CONFIG_HASH_SINCE = {"trainer.tta": False, "trainer.label_smoothing": 0.0, "trainer.drop_remainder": False,
+                     "trainer.validation_freq": 1}
 
 
 def config_hash(cfg) -> str:
@@ -327,6 +341,10 @@ def run_to_resume(cfg, context: JobContext, client, digest: str, earlier):
             raise ConfigError("resume", cfg.resume, "a run no live process is running (process "
                               f"{run.data.tags.get(lifecycle.OWNER_PID)} on {run.data.tags.get(lifecycle.OWNER_HOST)} "
                               "still runs this one)")
+        if _several_workers(cfg) and run.data.tags.get("output_dir") != str(context.output_dir):
+            raise ConfigError("resume", cfg.resume, "a run of this job folder: a multi-worker job resumes only "
+                              "where its workers' checkpoints are; re-run with hydra.run.dir (or hydra.sweep.dir) "
+                              f"set to the run's folder {run.data.tags.get('output_dir')!r}")
         return run, checkpoints.folder(run.data.tags.get("output_dir", "."), digest)
     # Another live process's run is its own (two sweeps of one config at once): never taken over.
     unfinished = [run for run in earlier
@@ -339,8 +357,20 @@ def run_to_resume(cfg, context: JobContext, client, digest: str, earlier):
         for run in unfinished:
             folder = checkpoints.folder(run.data.tags.get("output_dir"), digest)
             if folder and Path(folder).is_dir():
+                if _several_workers(cfg):
+                    log.warning("run %s (%s) is left as it is: a multi-worker job resumes only in its own job "
+                                "folder, where each worker finds its checkpoint; this job starts from epoch 1. "
+                                "To resume that run, re-run with hydra.sweep.dir=%s", run.info.run_id,
+                                run.data.tags.get("output_dir"), run.data.tags.get("sweep_dir") or "<its sweep folder>")
+                    return None
                 return run, folder
     return None
+
+
+def _several_workers(cfg) -> bool:
+    """A multi-worker job of two processes or more: its other workers read their checkpoints from this
+    job's folder (checkpoints.worker_folder), never from the run the chief resumes."""
+    return cfg.trainer.strategy == "multi_worker" and worker_count() > 1
 
 
 def run_name(cfg, context: JobContext) -> str:

@@ -63,13 +63,14 @@ def test_the_config_hash_ignores_how_data_is_fed_and_keeps_earlier_runs_matching
     default = compose()
     before_the_new_keys = compose()
     with open_dict(before_the_new_keys):  # a run recorded before these keys existed
-        for key in ("tta", "label_smoothing", "data_on_device", "drop_remainder"):
+        for key in ("tta", "label_smoothing", "data_on_device", "drop_remainder", "validation_freq"):
             del before_the_new_keys.trainer[key]
     assert config_hash(default) == config_hash(before_the_new_keys)
     assert config_hash(default) == config_hash(compose(["trainer.data_on_device=true"]))
     assert config_hash(default) != config_hash(compose(["trainer.tta=true"]))
     assert config_hash(default) != config_hash(compose(["trainer.label_smoothing=0.1"]))
     assert config_hash(default) != config_hash(compose(["trainer.drop_remainder=true"]))
+    assert config_hash(default) != config_hash(compose(["trainer.validation_freq=2"]))
     assert OmegaConf.to_container(default)["trainer"]["tta"] is False  # hashing left the config alone
 
 

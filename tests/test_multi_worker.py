@@ -6,10 +6,11 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import SMOKE, all_runs, tracking_uri
+from conftest import SMOKE, all_runs, compose, tracking_uri
 from cifar_exp.errors import ConfigError
 from cifar_exp.training.distribute import is_chief
 
@@ -112,3 +113,52 @@ def test_without_tf_config_a_slurm_step_describes_the_cluster(monkeypatch):
     assert resolver.cluster_spec().as_dict() == {"worker": ["gpu07:8888", "gpu08:8888"]}
     assert (resolver.task_type, resolver.task_id) == ("worker", 1)
     assert is_chief("multi_worker") is False
+
+
+def test_a_multi_worker_job_resumes_a_killed_run_only_in_its_own_folder(monkeypatch, tmp_path):
+    """A re-run of a sweep in a new folder: one process may resume the killed run from its old folder's
+    checkpoint, but the other workers read theirs from this job's folder (none there): a multi-worker
+    chief starts a new run instead of training against workers that start from scratch."""
+    from mlflow.tracking import MlflowClient
+
+    from cifar_exp import job
+    from cifar_exp.training import checkpoints
+
+    client = MlflowClient(tracking_uri(tmp_path))
+    old_folder, new_folder = tmp_path / "sweep_a" / "0", tmp_path / "sweep_b" / "0"
+    (Path(checkpoints.folder(str(old_folder), "abc"))).mkdir(parents=True)
+    experiment = client.create_experiment("cifar_exp")
+    killed = client.create_run(experiment, tags={"config_hash": "abc", "output_dir": str(old_folder)})
+    client.set_terminated(killed.info.run_id, "KILLED")
+    earlier = [client.get_run(killed.info.run_id)]
+    context = job.JobContext(output_dir=str(new_folder), multirun=True)
+
+    one_process = compose(["trainer.strategy=multi_worker"])
+    assert job.run_to_resume(one_process, context, client, "abc", earlier)[0].info.run_id == killed.info.run_id
+    monkeypatch.setenv("TF_CONFIG", _tf_config("worker", 0))  # the chief of two workers
+    assert job.run_to_resume(one_process, context, client, "abc", earlier) is None
+    named = compose(["trainer.strategy=multi_worker", f"resume={killed.info.run_id}"])
+    with pytest.raises(ConfigError, match="multi-worker job resumes only"):
+        job.run_to_resume(named, context, client, "abc", earlier)
+    same_folder = job.JobContext(output_dir=str(old_folder), multirun=True)  # a requeue, or the same sweep folder
+    assert job.run_to_resume(one_process, same_folder, client, "abc", earlier)[0].info.run_id == killed.info.run_id
+
+
+def test_a_non_chief_workers_lines_go_to_a_log_file_of_its_own(tmp_path):
+    """The workers of a Slurm job share its folder: Hydra's main.log stays the chief's."""
+    import logging
+
+    from cifar_exp import job
+
+    handler = logging.FileHandler(tmp_path / "main.log")  # as Hydra's job logging sets it up (mode "a")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        logging.getLogger("cifar_exp.test").warning("before")
+        job._log_to_own_file(str(tmp_path), "worker1")
+        logging.getLogger("cifar_exp.test").warning("after")
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    assert "before" in (tmp_path / "main.log").read_text() and "after" not in (tmp_path / "main.log").read_text()
+    assert (tmp_path / "main.worker1.log").read_text().strip() == "after"

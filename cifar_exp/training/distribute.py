@@ -90,11 +90,13 @@ def replicas_in_sync(name: str) -> int:
     if name == "multi_worker":
         import tensorflow as tf
 
-        return _worker_count() * max(1, len(tf.config.list_physical_devices("GPU")))
+        return worker_count() * max(1, len(tf.config.list_physical_devices("GPU")))
     return max(1, len(_tensorflow_devices(name)))
 
 
-def _worker_count() -> int:
+def worker_count() -> int:
+    """How many processes train this job's model: TF_CONFIG's chief and workers, else SLURM's tasks (1
+    outside a multi-worker job)."""
     raw = os.environ.get("TF_CONFIG")
     if raw:
         try:
