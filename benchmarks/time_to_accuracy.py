@@ -46,7 +46,7 @@ def compose(recipe: str, seed: int, data_path: str, overrides: list[str]):
 
     with initialize_config_dir(str(ROOT / "cifar_exp" / "conf"), version_base="1.3"):
         cfg = hydra_compose("config", overrides=[f"experiment={recipe}", f"seed={seed}", "trainer.verbose=0",
-                                                 *overrides])
+                                                 "trainer.validation_freq=1", *overrides])
     if data_path != "-":
         if "path" not in cfg.dataset:
             sys.exit(f"dataset={cfg.dataset.name} reads no path: pass '-' instead of {data_path}")
@@ -163,6 +163,7 @@ def run_process(recipe: str, seed: int, data_path: str, overrides: list[str]) ->
 
     with tempfile.TemporaryDirectory() as folder:
         args = [sys.executable, "-m", "cifar_exp", f"experiment={recipe}", f"seed={seed}", "trainer.verbose=0",
+                "trainer.validation_freq=1",
                 "trainer.checkpoint=false", f"mlflow.tracking_uri=sqlite:///{folder}/m.db", f"hydra.run.dir={folder}/run",
                 *([f"dataset.path={data_path}"] if data_path != "-" else []), *overrides]
         started = time.perf_counter()

@@ -287,9 +287,10 @@ def _log_to_own_file(folder: str | None, worker: str) -> None:
     if not folder:
         return
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == Path(folder).resolve():
+        path = Path(handler.baseFilename) if isinstance(handler, logging.FileHandler) else None
+        if path and path.parent.resolve() == Path(folder).resolve() and not path.stem.endswith(f".{worker}"):
             handler.close()  # reopened at the next line, under the new name (mode "a")
-            handler.baseFilename = str(Path(handler.baseFilename).with_suffix(f".{worker}.log"))
+            handler.baseFilename = str(path.with_suffix(f".{worker}.log"))
 
 
 # Keys added after runs were already recorded, with the value that means "as before": they
@@ -305,6 +306,10 @@ def config_hash(cfg) -> str:
     if keras_backend() != "tensorflow":  # counted only when not the default: earlier runs keep their hash
         tree["keras_backend"] = keras_backend()
     tree = _without_inert(tree)
+    if tree.get("trainer", {}).get("precision") == "auto":  # what it trains in here (bf16 on a GPU, f32 on a CPU)
+        from cifar_exp.data.resident import precision_policy
+
+        tree["trainer"]["precision"] = precision_policy("auto")
     for dotted, before in CONFIG_HASH_SINCE.items():
         *parents, leaf = dotted.split(".")
         node = tree

@@ -176,11 +176,32 @@ def test_drop_remainder_without_a_full_batch_is_refused_before_the_run_opens():
 
 
 def test_precision_auto_is_float32_on_a_cpu_and_mixed_bfloat16_where_the_accelerator_computes_it(monkeypatch):
-    from cifar_exp.data.resident import computes_bfloat16
-    from cifar_exp.training import fit
+    from cifar_exp.data import resident
 
-    assert not computes_bfloat16()  # this machine's device is its CPU
-    assert fit.precision_policy("auto") == "float32"
-    monkeypatch.setattr(fit, "computes_bfloat16", lambda: True)  # an H200, an A100, a TPU
-    assert fit.precision_policy("auto") == "mixed_bfloat16"
-    assert fit.precision_policy("mixed_float16") == "mixed_float16"  # an explicit choice is kept
+    if not resident.has_accelerator():  # a CPU-only machine, as CI's
+        assert not resident.computes_bfloat16()
+        assert resident.precision_policy("auto") == "float32"
+    monkeypatch.setattr(resident, "computes_bfloat16", lambda: True)  # an H200, an A100, a TPU
+    assert resident.precision_policy("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(resident, "computes_bfloat16", lambda: False)  # a T4, a CPU
+    assert resident.precision_policy("auto") == "float32"
+    assert resident.precision_policy("mixed_float16") == "mixed_float16"  # an explicit choice is kept
+
+
+@pytest.mark.parametrize("capability,expected", [("9.0", True), ("8.0", True), ("8.6", True), ("7.5", False),
+                                                 ("gfx942", False), (None, False), ("", False)])
+def test_bfloat16_units_from_the_compute_capability(capability, expected):
+    from cifar_exp.data.resident import bfloat16_capability
+
+    assert bfloat16_capability(capability) is expected
+
+
+def test_the_config_hash_counts_what_precision_auto_trains_in(monkeypatch):
+    from cifar_exp.data import resident
+    from cifar_exp.job import config_hash
+
+    monkeypatch.setattr(resident, "computes_bfloat16", lambda: False)
+    on_a_cpu = config_hash(compose(["trainer.precision=auto"]))
+    assert on_a_cpu == config_hash(compose(["trainer.precision=float32"]))
+    monkeypatch.setattr(resident, "computes_bfloat16", lambda: True)
+    assert config_hash(compose(["trainer.precision=auto"])) == config_hash(compose(["trainer.precision=mixed_bfloat16"]))

@@ -194,3 +194,26 @@ def test_a_multirun_logs_where_each_jobs_seconds_went_and_does_not_grow_per_job(
         (i - (n - 1) / 2) ** 2 for i in range(n))
     # Before fit.release_job_state dropped TensorFlow's custom gradients: 12.7 MB a job here.
     assert growth <= MAX_GROWTH_MB_PER_JOB, rss
+
+
+def test_a_failed_jobs_objects_are_not_frozen_at_its_release():
+    """release_job_state freezes what outlives a job (gc.freeze) so the next collections skip it; a job
+    that failed still holds its model through the exception's traceback: that must stay collectable."""
+    import gc
+    import weakref
+
+    from cifar_exp.training.fit import release_job_state
+
+    class Model:
+        pass
+
+    model = Model()
+    model.itself = model  # a cycle: only the collector frees it
+    alive = weakref.ref(model)
+    try:
+        raise RuntimeError(model)  # the failed job's error, holding its model
+    except RuntimeError:
+        release_job_state()
+    del model
+    gc.collect()
+    assert alive() is None

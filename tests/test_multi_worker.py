@@ -124,6 +124,8 @@ def test_a_multi_worker_job_resumes_a_killed_run_only_in_its_own_folder(monkeypa
     from cifar_exp import job
     from cifar_exp.training import checkpoints
 
+    for variable in ("TF_CONFIG", "SLURM_STEP_NUM_TASKS"):  # one process, wherever the tests run
+        monkeypatch.delenv(variable, raising=False)
     client = MlflowClient(tracking_uri(tmp_path))
     old_folder, new_folder = tmp_path / "sweep_a" / "0", tmp_path / "sweep_b" / "0"
     (Path(checkpoints.folder(str(old_folder), "abc"))).mkdir(parents=True)

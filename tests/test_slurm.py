@@ -151,9 +151,9 @@ def test_a_time_limit_without_requeue_leaves_the_run_killed_saying_time_limit(sl
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_scancel_of_a_multi_worker_job_leaves_its_run_killed_and_the_sweep_summary(slurm_cluster, tmp_path):
-    """Two tasks of one Slurm job train one model (MultiWorkerMirroredStrategy): `scancel` may not reach
-    their handlers while they wait on each other in a step, and Slurm SIGKILLs them after KillWait; the
-    launcher closes the chief's run KILLED from the job's Slurm state."""
+    """Two tasks of one Slurm job train one model (MultiWorkerMirroredStrategy): TensorFlow's multi-worker
+    runtime catches SIGTERM itself, so cifar_exp's handler never runs and Slurm SIGKILLs the workers after
+    KillWait; the launcher closes the chief's run KILLED from the job's Slurm state."""
     env, name = slurm_cluster, "cifar_exp_test_workers"
     head, uri = _sweep(tmp_path, env, name, "trainer.epochs=100000", "hydra.launcher.tasks_per_node=2",
                        "trainer.strategy=multi_worker")
@@ -171,4 +171,4 @@ def test_scancel_of_a_multi_worker_job_leaves_its_run_killed_and_the_sweep_summa
     _, runs = _runs(uri)
     assert len(runs) == 1, [run.data.tags.get("mlflow.runName") for run in runs]  # the chief's run only
     assert runs[0].info.status == "KILLED", output[-4000:]
-    assert "CANCELLED" in runs[0].data.tags["error"] or "SIGTERM" in runs[0].data.tags["error"]
+    assert "ended CANCELLED" in runs[0].data.tags["error"]  # the launcher's record, from sacct's state

@@ -1,11 +1,12 @@
-"""A job's side of an Optuna trial: report the monitored metric after every epoch, stop
-training when the study's pruner says so, and mark the MLflow run and the trial.
+"""A job's side of an Optuna trial: report the monitored metric after every epoch that logs it (every
+epoch, or every `trainer.validation_freq`-th for the evaluated split's metrics), stop training when
+the study's pruner says so, and mark the MLflow run and the trial.
 
 `build_trial_callback(cfg, tracker)` returns None unless the sweeper handed this job a
 trial: main() puts what `job_trial` reads (the file the sweeper wrote for this job number:
 storage, study_name, number, trial_id, monitor) in `cfg.optuna_trial`. A monitored
-key Keras does not log fails the job at its first epoch and tells the sweeper to stop: pruning
-would otherwise be silently off for every trial.
+key Keras does not log fails the job at its first epoch that evaluated and tells the sweeper to
+stop: pruning would otherwise be silently off for every trial.
 """
 from __future__ import annotations
 
@@ -133,6 +134,14 @@ def build_trial_callback(cfg, tracker):
     tracker.set_tags({"optuna.study": str(coordinates.study_name), "optuna.trial": str(coordinates.number)})
     trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
     reporter = TrialReporter(trial, monitor_key(cfg), tracker, monitor_setting(cfg))
+    every = cfg.trainer.get("validation_freq", 1)
+    if every > 1 and _is_evaluated(monitor_key(cfg)):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "trainer.validation_freq=%s: %s is reported to the Optuna trial every %s epochs and after the last "
+            "only, so the pruner decides at those epochs only (trainer.validation_freq=1: every epoch)",
+            every, monitor_key(cfg), every)
 
     class OptunaPruning(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

@@ -96,18 +96,19 @@ def folder_lock(folder: str | None, key: str):
 
 # ------------------------------------------------------------------------------- reaping
 
-def close_dead_run(client, run_id: str, why: str, here: str | None = None) -> str:
-    """Close a run that its own job can no longer close: KILLED, tagged `ended_by` (why) and
-    `error`; its job folder's job_status.json (if it still says RUNNING) says KILLED too."""
+def close_dead_run(client, run_id: str, why: str, here: str | None = None, status: str = "KILLED") -> str:
+    """Close a run that its own job can no longer close: `status` (KILLED, or FAILED where whoever
+    watched the job saw it fail), tagged `ended_by` (why) and `error`; its job folder's
+    job_status.json (if it still says RUNNING) says the same."""
     from mlflow.entities import RunTag
 
     run = client.get_run(run_id)
     client.log_batch(run_id, tags=[RunTag(ENDED_BY, why[:5000]), RunTag("error", why[:5000])])
-    client.set_terminated(run_id, "KILLED")
+    client.set_terminated(run_id, status)
     folder = run.data.tags.get("output_dir")
     if folder:
-        mark_job_killed(folder, why, run_id=run_id)
-    told = f"run {run_id} closed KILLED: {why}{resume_hint(run, here)}"
+        mark_job_killed(folder, why, run_id=run_id, status=status)
+    told = f"run {run_id} closed {status}: {why}{resume_hint(run, here)}"
     log.warning("%s", told)
     return told
 
@@ -126,9 +127,10 @@ def resume_hint(run, here: str | None = None) -> str:
             f"(or hydra.run.dir={folder})")
 
 
-def mark_job_killed(job_dir: str, why: str, run_id: str | None = None, overrides=()) -> None:
-    """job_status.json of a job whose process is gone: KILLED with `why` as its error (what the
-    sweep summary lists). A record already final (FINISHED, FAILED, KILLED) is left as it is."""
+def mark_job_killed(job_dir: str, why: str, run_id: str | None = None, overrides=(), status: str = "KILLED") -> None:
+    """job_status.json of a job whose process is gone: `status` (KILLED; FAILED where it was seen to
+    fail) with `why` as its error (what the sweep summary lists). A record already final (FINISHED,
+    FAILED, KILLED) is left as it is."""
     path = Path(job_dir) / STATUS_FILE
     try:
         record = json.loads(path.read_text())
@@ -137,15 +139,16 @@ def mark_job_killed(job_dir: str, why: str, run_id: str | None = None, overrides
                   "overrides": list(overrides), "hint": None, "outcome": None}
     if record.get("status") not in (None, "RUNNING") or (run_id and record.get("run_id") not in (None, run_id)):
         return
-    record.update(status="KILLED", error=why, run_id=record.get("run_id") or run_id)
+    record.update(status=status, error=why, run_id=record.get("run_id") or run_id)
     if Path(job_dir).is_dir():
         path.write_text(json.dumps(record, indent=1))
 
 
-def close_lost_job(job_dir: str, tracking_uri: str, why: str, overrides=()) -> str | None:
+def close_lost_job(job_dir: str, tracking_uri: str, why: str, overrides=(), status: str = "KILLED") -> str | None:
     """A job whose process was killed (SIGKILL, the OOM killer, a lost node), told by whoever
-    watched it (a launcher, a sweeper): its run, found through job_status.json, closed KILLED and
-    tagged `ended_by` = why; the job's record says KILLED. Returns the run id (None: no run was open).
+    watched it (a launcher, a sweeper): its run, found through job_status.json, closed `status`
+    (KILLED; FAILED where the watcher saw it fail) and tagged `ended_by` = why; the job's record
+    says the same. Returns the run id (None: no run was open).
     Launcher-agnostic: any launcher or sweeper that knows the job's folder can call it."""
     path = Path(job_dir) / STATUS_FILE
     try:
@@ -155,10 +158,10 @@ def close_lost_job(job_dir: str, tracking_uri: str, why: str, overrides=()) -> s
     run_id = record.get("run_id") if record.get("status") == "RUNNING" else None
     if run_id:
         try:
-            close_dead_run(connect(tracking_uri), run_id, why)
+            close_dead_run(connect(tracking_uri), run_id, why, status=status)
         except Exception as error:  # the store is what failed: the next command's reaping closes it
             log.warning("could not close run %s (%s); the next command on this store closes it", run_id, error)
-    mark_job_killed(job_dir, why, run_id=run_id, overrides=overrides)
+    mark_job_killed(job_dir, why, run_id=run_id, overrides=overrides, status=status)
     return run_id
 
 

@@ -45,10 +45,18 @@ class ProgressBar(keras.callbacks.ProgbarLogger):
 
     def __init__(self):
         super().__init__()
-        self.last_read = -float("inf")
+        self.last_read, self.testing = -float("inf"), False
+
+    def on_test_begin(self, logs=None):
+        super().on_test_begin(logs)
+        self.testing = True
+
+    def on_test_end(self, logs=None):
+        super().on_test_end(logs)
+        self.testing = False
 
     def wants_batch(self, batch) -> bool:
-        if self.verbose != 1:
+        if self.verbose != 1 or (self.testing and self._called_in_fit):  # fit's evaluation shows no bar
             return False
         now = time.monotonic()
         if now - self.last_read < PROGRESS_BAR_EVERY_S:

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from cifar_exp import console
 from cifar_exp.data import augment
 from cifar_exp.data.dataset import DataSplits, load_dataset
-from cifar_exp.data.resident import build_feed, computes_bfloat16, has_accelerator
+from cifar_exp.data.resident import build_feed, has_accelerator, precision_policy
 from cifar_exp.errors import ConfigError
 from cifar_exp.models.initializers import apply_init, apply_l2
 from cifar_exp.models.registry import build_model, model_spec
@@ -126,6 +126,9 @@ class EpochLogger(keras.callbacks.Callback):
         self.started, self.evaluating_s = time.perf_counter(), 0.0
 
     def on_test_begin(self, logs=None):
+        # The host runs ahead of the device: the epoch's last training steps may still be queued.
+        # Waiting for them here (one read) keeps them in the training time.
+        ops.convert_to_numpy(self.model.optimizer.iterations)
         self.test_started = time.perf_counter()
 
     def on_test_end(self, logs=None):
@@ -288,16 +291,6 @@ def run(cfg, tracker, checkpoint_dir: str | None = None, extra_callbacks=(), bui
         log_phases(tracker, timer)
 
 
-def precision_policy(setting: str) -> str:
-    """Keras' dtype policy for `trainer.precision`: itself, or for `auto` mixed_bfloat16 where the
-    accelerator computes bfloat16 natively (resident.computes_bfloat16) and float32 elsewhere (a CPU
-    emulates it). On an H200 under JAX, airbench's steady epoch went from 0.425 s to 0.31 s at the
-    same accuracy (benchmarks/README.md, 2026-12-04)."""
-    if setting != "auto":
-        return setting
-    return "mixed_bfloat16" if computes_bfloat16() else "float32"
-
-
 def _custom_gradient_registry() -> dict:
     """TensorFlow's global gradient registry ({name: gradient function}), or {} under another backend
     or a TensorFlow without it (a private attribute: looked up defensively)."""
@@ -338,7 +331,8 @@ def release_job_state(earlier_gradients=frozenset()) -> None:
     if _released_jobs % FULL_COLLECTION_EVERY == 0:
         gc.unfreeze()
     keras.backend.clear_session(free_memory=True)  # includes gc.collect()
-    gc.freeze()
+    if sys.exc_info()[1] is None:  # a failed job's traceback still holds its model: left collectable
+        gc.freeze()
 
 
 def log_phases(tracker, timer: PhaseTimer) -> None:

@@ -81,8 +81,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def _record(self, overrides: list[str], job_num: int, status: str, error: BaseException) -> None:
         """The end of a job that wrote none of its own (cancelled before it started or before its
         run opened, killed before its handlers ran: the tasks of a multi-worker job are SIGKILLed
-        after `scancel` when they outlive Slurm's KillWait): a run it left RUNNING is closed KILLED
-        naming the Slurm state (lifecycle.close_lost_job), and its job_status.json says `status`,
+        after `scancel` when they outlive Slurm's KillWait): a run it left RUNNING is closed `status`
+        (KILLED for a cancelled, preempted or timed-out job; FAILED for a failed one: OUT_OF_MEMORY,
+        NODE_FAIL, ...) naming the Slurm state (lifecycle.close_lost_job), and its job_status.json says it,
         so the sweep summary counts it."""
         from cifar_exp.job import JobContext, _write_status
         from cifar_exp.tracking import lifecycle
@@ -96,8 +97,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         status_file = folder / "job_status.json"
         if status_file.exists() and '"RUNNING"' not in status_file.read_text():
             return  # the job recorded its own end
-        if lifecycle.close_lost_job(str(folder), str(config.mlflow.tracking_uri), str(error), overrides):
-            return  # its run and job_status.json now say KILLED
+        if lifecycle.close_lost_job(str(folder), str(config.mlflow.tracking_uri), str(error), overrides, status):
+            return  # its run and job_status.json now say `status`
         _write_status(JobContext(overrides=overrides, output_dir=str(folder)), status, error)
 
 
