@@ -19,10 +19,10 @@ BASE = [arg for arg in SMOKE if not arg.startswith("trainer.epochs=")]
 pytestmark = pytest.mark.xdist_group("slurm")
 
 
-def _sweep(tmp_path, env, name, *overrides):
-    """The CLI's multirun on Slurm, in the background; its own MLflow store in tmp_path."""
+def _sweep(tmp_path, env, name, *overrides, uri=None):
+    """The CLI's multirun on Slurm, in the background; its own MLflow store in tmp_path (or `uri`)."""
     full_env = dict(env, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    uri = tracking_uri(tmp_path)
+    uri = uri or tracking_uri(tmp_path)
     args = ["-m", *BASE, *overrides, "hydra/launcher=submitit_slurm", f"hydra.launcher.name={name}",
             "hydra.launcher.cpus_per_task=1", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep"]
     head = subprocess.Popen([sys.executable, "-m", "cifar_exp", *args], cwd=tmp_path, env=full_env,
@@ -172,3 +172,26 @@ def test_scancel_of_a_multi_worker_job_leaves_its_run_killed_and_the_sweep_summa
     assert len(runs) == 1, [run.data.tags.get("mlflow.runName") for run in runs]  # the chief's run only
     assert runs[0].info.status == "KILLED", output[-4000:]
     assert "ended CANCELLED" in runs[0].data.tags["error"]  # the launcher's record, from sacct's state
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_multi_worker_job_whose_chief_fails_ends_at_once_instead_of_at_its_time_limit(slurm_cluster, tmp_path):
+    """The chief refuses to start (its tracking server does not answer; the other worker only reads the
+    store, so it goes on to its first collective step and waits there): the job is killed whole, the
+    sweep records it FAILED, and nothing waits for the 10-minute limit."""
+    env, name = slurm_cluster, "cifar_exp_test_chief_fails"
+    head, _ = _sweep(tmp_path, env, name, "trainer.epochs=3", "hydra.launcher.tasks_per_node=2",
+                     "trainer.strategy=multi_worker", "hydra.launcher.timeout_min=10",
+                     uri="http://127.0.0.1:9")  # nothing listens on the discard port
+    try:
+        output = head.communicate(timeout=240)[0]  # far under the limit
+    except BaseException:
+        subprocess.run(["scancel", "-n", name], env=env)
+        raise
+    finally:
+        head.kill()
+    assert "Sweep summary: 0 finished, 1 failed" in output, output[-4000:]
+    assert _queue_drains(env, name) == ""
+    status = (tmp_path / "sweep" / "0" / "job_status.json").read_text()
+    assert '"FAILED"' in status and "mlflow.tracking_uri" in status

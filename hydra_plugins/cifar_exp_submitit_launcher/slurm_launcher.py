@@ -7,8 +7,11 @@
   job of a sweep does. (Submitit alone ignores SIGTERM, so the job trained on until SIGKILL.)
 - In the sweep: every job is waited for; one that ended without a result (cancelled while
   pending, killed before its handlers ran) counts as NaN with a job_status.json saying so, a run it
-  left RUNNING is closed KILLED naming the Slurm state, and the sweep goes on to its summary. (Hydra's launcher raised at the first such job and left the others running.) A stopped
-  sweep cancels the jobs it leaves behind.
+  left RUNNING is closed KILLED (FAILED for a failed job) naming the Slurm state, and the sweep goes
+  on to its summary. (Hydra's launcher raised at the first such job and left the others running.)
+  A stopped sweep cancels the jobs it leaves behind.
+- A multi-worker job whose chief fails is killed whole: its other workers would wait for the chief
+  until the time limit.
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
 
         signals.install_slurm()  # submitit set its handlers before calling this
         try:
-            return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+            result = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+            _end_waiting_workers(result)
+            return result
         except signals.Stopped as stopped:  # its run is closed KILLED (job.run_job), if it had one
             signals.report(stopped)
             if submitit.JobEnvironment().global_rank == 0:  # the other tasks of a multi-worker job log nothing
@@ -100,6 +105,24 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         if lifecycle.close_lost_job(str(folder), str(config.mlflow.tracking_uri), str(error), overrides, status):
             return  # its run and job_status.json now say `status`
         _write_status(JobContext(overrides=overrides, output_dir=str(folder)), status, error)
+
+
+def _end_waiting_workers(result: JobReturn) -> None:
+    """In the chief of a multi-worker job (several tasks) whose job failed (a refused start, a crash:
+    its run and job_status.json already say FAILED): the other workers would wait for it inside
+    their first collective step until the time limit, holding the allocation, so every task of the
+    job is killed now. The sweep then finds the job ended without a result and keeps its FAILED record."""
+    import subprocess
+
+    import submitit
+
+    env = submitit.JobEnvironment()
+    value = result._return_value if result.status == JobStatus.COMPLETED else math.nan
+    if env.num_tasks < 2 or env.global_rank != 0 or not (isinstance(value, float) and math.isnan(value)):
+        return
+    log.error("the chief of Slurm job %s failed: killing the job's other %d tasks, which would wait for it "
+              "until the time limit", env.job_id, env.num_tasks - 1)
+    subprocess.run(["scancel", "--signal=KILL", str(env.job_id)], check=False)
 
 
 class _Done:
