@@ -10,8 +10,8 @@
   left RUNNING is closed KILLED (FAILED for a failed job) naming the Slurm state, and the sweep goes
   on to its summary. (Hydra's launcher raised at the first such job and left the others running.)
   A stopped sweep cancels the jobs it leaves behind.
-- A multi-worker job whose chief fails is killed whole: its other workers would wait for the chief
-  until the time limit.
+- A multi-worker job one of whose tasks fails is killed whole: the others would wait for it until
+  the time limit.
 """
 from __future__ import annotations
 
@@ -108,20 +108,21 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
 
 
 def _end_waiting_workers(result: JobReturn) -> None:
-    """In the chief of a multi-worker job (several tasks) whose job failed (a refused start, a crash:
-    its run and job_status.json already say FAILED): the other workers would wait for it inside
-    their first collective step until the time limit, holding the allocation, so every task of the
-    job is killed now. The sweep then finds the job ended without a result and keeps its FAILED record."""
+    """In a task of a multi-worker job (several tasks) whose job failed (the chief: a refused start or a
+    crash, its run and job_status.json already FAILED; another worker: a crash): the other tasks would
+    wait for it inside their next collective step until the time limit, holding the allocation, so
+    every task of the job is killed now. The sweep then finds the job ended without a result: it keeps
+    the chief's FAILED record, or closes the chief's run FAILED from the Slurm state."""
     import subprocess
 
     import submitit
 
     env = submitit.JobEnvironment()
     value = result._return_value if result.status == JobStatus.COMPLETED else math.nan
-    if env.num_tasks < 2 or env.global_rank != 0 or not (isinstance(value, float) and math.isnan(value)):
+    if env.num_tasks < 2 or not (isinstance(value, float) and math.isnan(value)):
         return
-    log.error("the chief of Slurm job %s failed: killing the job's other %d tasks, which would wait for it "
-              "until the time limit", env.job_id, env.num_tasks - 1)
+    log.error("task %d of Slurm job %s failed: killing the job's %d tasks, which would wait for it until "
+              "the time limit", env.global_rank, env.job_id, env.num_tasks)
     subprocess.run(["scancel", "--signal=KILL", str(env.job_id)], check=False)
 
 
