@@ -102,9 +102,9 @@ STUDIES = [
 ]
 BY_NAME = {s.name: s for s in STUDIES}
 SCALES = ("cpu", "smoke")
-DESIGNED = {"cpu": "The cpu scale is sized for about 30 minutes on an idle 2-core machine, an estimate from the "
-                   "per-model throughputs of benchmarks/README.md (figure 2), not a measurement: on a machine "
-                   "shared with other work it takes about as many times longer as the load average says."}  # smoke: synthetic data, seconds per study, for tests of this script
+DESIGNED = {"cpu": "The cpu scale's time is the wall time above, measured by this regeneration on the 2-core "
+                   "machine named there (its load average says how busy it was): a machine shared with other "
+                   "work takes about as many times longer as its load average says."}  # smoke: synthetic data, seconds per study, for tests of this script
 
 
 # ------------------------------------------------------------------------------------- running
