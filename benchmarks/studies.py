@@ -2,7 +2,7 @@
 docs/results.md from the MLflow runs through the report's statistics (cifar_exp/sweeps/report.py:
 mean and Student's t 95% CI over seeds, Welch's t-test), the seeds' own figures beside ours.
 
-    python benchmarks/studies.py --scale cpu [--out DIR] [--only kfold transfer ...] [--page-only]
+    python benchmarks/studies.py --scale cpu [--cifar10 PATH] [--out DIR] [--page PAGE] [--only kfold ...] [--page-only]
 
 Each study is one `python -m cifar_exp ... --multirun` of its preset, shrunk by the scale's
 overrides, logging to DIR/mlflow.db (default: ~/.cache/cifar_exp/studies/<scale>, outside the
@@ -192,7 +192,7 @@ def load_result(client, study: Study, scale: str) -> Result | None:
         for run in client.search_runs([experiment.experiment_id], where + " and params.`weighting.name` = 'none'"):
             curve = [m.value for m in sorted(client.get_metric_history(run.info.run_id, study.metric),
                                              key=lambda m: m.step)]
-            if curve:
+            if len(curve) > 5:  # "in its last 3 epochs" says nothing of a 3-epoch run
                 late.append(curve.index(max(curve)) >= len(curve) - 3)
         result.extra["plain_still_rising"] = bool(late) and all(late)
     if study.name == "transfer":
@@ -225,6 +225,9 @@ def cell(s) -> str:
 def welch_line(test) -> str:
     if test is None:
         return ""
+    if not math.isfinite(test.t):  # no spread within either group (e.g. every run at chance)
+        return (f"{test.a} minus {test.b}: {test.difference:+.3f}; Welch's test is undefined here (no spread "
+                "within the groups): no comparison.")
     verdict = "significant" if test.significant else "not significant"
     return (f"{test.a} minus {test.b}: {test.difference:+.3f} (95% CI {test.ci_low:+.3f} to {test.ci_high:+.3f}), "
             f"Welch's t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p:.3f}: {verdict} at 0.05.")
@@ -354,7 +357,7 @@ def claims_transfer(result: Result) -> list[str]:
                       "and the digit head was copied as well; and one run per arm gives no measure of the "
                       "seed-to-seed spread. Here the head is new in both arms, the network sees CIFAR-10 at its own "
                       "32x32x3 (Fashion-MNIST resized for pretraining, the seed's own suggestion), and each arm has "
-                      "3 seeds."]
+                      f"{min(r.n for r in result.rows)} seeds or more."]
     if frozen is not None:
         helps = frozen.significant and frozen.difference > 0
         lines += ["", f"Frozen, the garment filters {'beat' if helps else 'are not detectably better than'} random "
@@ -437,7 +440,8 @@ def claims_init(result: Result) -> list[str]:
                       "first from one run each, yet its two runs of the same glorot_uniform gave 0.440 and 0.575: "
                       "a 13.5-point spread between identical settings, larger than every gap it ranked among the "
                       "non-constant initializers. Its ordering of those is therefore not evidence; where ours "
-                      "differs, we believe ours because each mean pools 3 seeds and the CIs say which gaps are "
+                      "differs, we believe ours because each mean pools several seeds "
+                      f"({min(r.n for r in rows)} or more) and the CIs say which gaps are "
                       "real."]
         learners = [r for r in rows if r.label not in ("init=zeros", "init=ones")]
         floor = min((r.ci_low for r in learners if r.n > 1), default=math.nan)
@@ -470,8 +474,10 @@ def claims_spl(result: Result) -> list[str]:
         if clean is not None and noisy is not None:
             lines += ["", f"What the self-paced runs trained on at their last epoch: {cell(clean)} of the correctly "
                           f"labelled training images and {cell(noisy)} of the wrongly labelled ones (mean [95% CI] "
-                          f"over its {clean.n} runs; `spl_active_fraction_clean` / `_noisy`), so the selection does "
-                          "tell them apart" + ("" if clean.mean > noisy.mean else " (it did not here)") + ". "
+                          f"over its {clean.n} runs; `spl_active_fraction_clean` / `_noisy`)" + (
+                              ", so the selection does tell them apart (the intervals do not overlap). "
+                              if clean.ci_low > noisy.ci_high else
+                              ": the intervals overlap, so these runs do not show that it tells them apart. ")
                           + ("Where it still loses, the clean images it leaves out cost more than the wrong labels it "
                              "avoids" + (": a small network early in training (plain training's best test accuracy "
                                          "came in its last 3 epochs in every run) gains from every image, and has not "
@@ -479,7 +485,7 @@ def claims_spl(result: Result) -> list[str]:
                                          if result.extra.get("plain_still_rising") else "") + ". An earlier, longer stand-in (simple_cnn, 30 epochs of "
                              "5,000 images; `benchmarks/results/spl_noisy_labels_cpu/report.md`) found hard weighting "
                              "ahead, +0.027 (95% CI +0.002 to +0.052)."
-                             if test.difference < 0 else "")]
+                             if test.difference < 0 and test.significant else "")]
         least = result.extra.get("least_kept_class")
         if least is not None and least < 0.2:
             lines += ["", f"In one run a whole class was nearly or entirely left out (its kept fraction {least:.2f} at "
@@ -538,7 +544,11 @@ def write_page(out: Path, scale: str, page: Path) -> None:
              f"Hardware: {state.get('hardware', hardware())}; load average while it ran: "
              f"{state.get('load', 'not recorded')}. Software: {state.get('versions', versions())}. "
              f"Date: {state.get('date', datetime.now(timezone.utc).date().isoformat())}. Wall time of the studies "
-             f"shown: {total / 60:.0f} min.",
+             f"shown: {total / 60:.1f} min. `$OUT` in the commands below: the `--out` folder of the "
+             "regeneration (its MLflow store, sweeps and logs). Intervals are Student's t over few seeds and are "
+             "not clipped: those of fractions and accuracies can pass 0 or 1."
+             + (" **Smoke scale: synthetic data and a few steps, to check that the pipeline runs; no number "
+                "or sentence below is a result.**" if scale == "smoke" else ""),
              "",
              f"Regenerate: `python benchmarks/studies.py --scale {scale}` (CIFAR-10 from `$CIFAR10_PATH` or "
              "`--cifar10 PATH`; Fashion-MNIST from Debian's `dataset-fashion-mnist` or Keras' cache). It runs each "
@@ -557,7 +567,7 @@ def write_page(out: Path, scale: str, page: Path) -> None:
              "", "| study | scale (as the runs logged it) | finished runs | wall time |", "|---|---|---|---|"]
     for study in STUDIES:
         meta = state.get("studies", {}).get(study.name)
-        wall = (f"{meta['wall_s'] / 60:.0f} min" + ("" if meta["returncode"] == 0 else ", then stopped")
+        wall = (f"{meta['wall_s'] / 60:.1f} min" + ("" if meta["returncode"] == 0 else ", then stopped")
                 if meta else "interrupted") if results[study.name] else "not run"
         lines.append(f"| {study.name} | {scale_of(results[study.name]) if results[study.name] else ''} | "
                      f"{len(results[study.name].records) if results[study.name] else 0} | {wall} |")
