@@ -24,8 +24,9 @@ SECRET_URL = f"postgresql://alice:{PASSWORD}@127.0.0.1:1/x"
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_every_stop_signal_becomes_one_stopped_exception_with_the_shells_exit_code(signum):
-    """In a fresh interpreter: signal dispositions are the process's, and a test worker's can be changed
-    by whatever ran in it before (a C library's own handler is invisible to signal.getsignal)."""
+    """In a fresh interpreter whose stop signals start at their defaults: dispositions are the
+    process's, a test worker's can be changed by what ran in it before, and an ignored one is inherited
+    (under `nohup` SIGHUP is ignored, and signals.install keeps it so, on purpose)."""
     script = textwrap.dedent(f"""
         import os, signal, time
         from cifar_exp import signals
@@ -38,7 +39,12 @@ def test_every_stop_signal_becomes_one_stopped_exception_with_the_shells_exit_co
         except KeyboardInterrupt as caught:
             print(type(caught).__name__, isinstance(caught, signals.Stopped), caught.name, caught.exit_code)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    def defaults():
+        for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(each, signal.SIG_DFL)
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          preexec_fn=defaults)
     assert done.stdout.split() == ["Stopped", "True", signal.Signals(signum).name, str(128 + signum)], done.stderr
 
 
