@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,14 @@ def compose(overrides=()):
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides))
+
+
+def default_stop_signals() -> None:
+    """`preexec_fn` for a child process a test stops with a signal: SIGINT, SIGTERM and SIGHUP at their
+    defaults, whatever the test run inherited (a background job ignores SIGINT, `nohup` SIGHUP, and an
+    ignored signal stays ignored across exec)."""
+    for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(each, signal.SIG_DFL)
 
 
 def run_cli(args, cwd, timeout=600, env=None):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMOKE, all_runs, compose, run_cli, stop_after_epochs, tracking_uri
+from conftest import SMOKE, all_runs, compose, default_stop_signals, run_cli, stop_after_epochs, tracking_uri
 
 PASSWORD = "pw-Hunter2-secret"
 SECRET_URL = f"postgresql://alice:{PASSWORD}@127.0.0.1:1/x"
@@ -39,12 +39,8 @@ def test_every_stop_signal_becomes_one_stopped_exception_with_the_shells_exit_co
         except KeyboardInterrupt as caught:
             print(type(caught).__name__, isinstance(caught, signals.Stopped), caught.name, caught.exit_code)
     """)
-    def defaults():
-        for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(each, signal.SIG_DFL)
-
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          preexec_fn=defaults)
+                          preexec_fn=default_stop_signals)
     assert done.stdout.split() == ["Stopped", "True", signal.Signals(signum).name, str(128 + signum)], done.stderr
 
 
@@ -65,7 +61,8 @@ def _wait_for_epochs(job, folder: Path, epochs: int, timeout_s: float = 300):
 def _start(args, cwd):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "cifar_exp", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_stop_signals)
 
 
 LONG = [*SMOKE, "dataset.train_size=4096", "trainer.epochs=4", "trainer.deterministic=true"]

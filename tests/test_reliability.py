@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SMOKE, all_runs, run_cli, stop_after_epochs, tracking_uri
+from conftest import SMOKE, all_runs, default_stop_signals, run_cli, stop_after_epochs, tracking_uri
 
 # Long enough epochs (about a second each on 2 CPU cores) to kill the job between them.
 RESUMABLE = [*SMOKE, "dataset.train_size=4096", "trainer.epochs=4", "trainer.deterministic=true",
@@ -182,7 +182,7 @@ def test_ctrl_c_marks_the_running_job_killed_and_a_rerun_skips_the_finished_ones
             f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep", "--multirun"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     sweep = subprocess.Popen([sys.executable, "-m", "cifar_exp", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_stop_signals)
     deadline = time.time() + 300
     while time.time() < deadline and sweep.poll() is None and not any(
             (tmp_path / "sweep" / "1").glob("checkpoint/*/training_metadata.json")):
