@@ -117,6 +117,8 @@ def pretrain_hash(cfg) -> str:
     """Identifies a pretraining: same hash, same checkpoint (up to nondeterminism of the hardware)."""
     from omegaconf import OmegaConf
 
+    from cifar_exp.data.resident import precision_policy
+
     tree = OmegaConf.to_container(cfg, resolve=True)
     pre = tree["transfer"]["pretrain"]
     adapter = ADAPTERS[cfg.transfer.adapter]
@@ -125,7 +127,8 @@ def pretrain_hash(cfg) -> str:
         "dataset": {k: v for k, v in pre["dataset"].items() if k not in DATASET_LOCATION_KEYS},
         "epochs": pre["epochs"], "batch_size": pre["batch_size"], "seed": pre["seed"],
         "model": tree["model"], "init": tree["init"], "optimizer": tree["optimizer"],
-        "lr_schedule": tree["lr_schedule"], "precision": tree["trainer"]["precision"],
+        "lr_schedule": tree["lr_schedule"],
+        "precision": precision_policy(tree["trainer"]["precision"]),  # auto: what it trains in here
         "lenet_input": list(lenet_input_shape(cfg)), "front": adapter.pretrain_front,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
