@@ -61,6 +61,39 @@ def test_whitening_layer_makes_the_patch_covariance_about_identity(images):
     np.testing.assert_allclose(out[..., 12:], -out[..., :12], atol=1e-5)
 
 
+def test_the_whitening_from_pixels_is_kept_per_pixels_and_preprocessing(monkeypatch):
+    """A later job on the same pixels and preprocessing gets the kernel fit_whitening computes, without
+    recomputing it; other pixels or another preprocessing compute their own."""
+    from cifar_exp.data.augment import build_preprocessing
+    from cifar_exp.models import airbench as module
+
+    monkeypatch.setattr(module, "_WHITENING", {})
+    computed = []
+    original = module.whitening_weights
+    monkeypatch.setattr(module, "whitening_weights", lambda *a, **k: computed.append(1) or original(*a, **k))
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+    scale = build_preprocessing("scale", pixels)
+
+    def kernel(model_pixels, preprocessing):
+        model = airbench.airbench((32, 32, 3), 10, widths=(8, 8, 8))
+        airbench.fit_whitening_from_pixels(model, preprocessing, model_pixels)
+        return numpy(airbench.whitening_layer(model).kernel)
+
+    first = kernel(pixels, scale)
+    reference = airbench.airbench((32, 32, 3), 10, widths=(8, 8, 8))
+    airbench.fit_whitening(reference, numpy(scale(pixels)))
+    np.testing.assert_array_equal(first, numpy(airbench.whitening_layer(reference).kernel))
+    computed.clear()
+    np.testing.assert_array_equal(kernel(pixels.copy(), build_preprocessing("scale", pixels)), first)
+    assert computed == []
+    other = pixels.copy()
+    other[0, 0, 0, 0] ^= 1
+    assert not np.array_equal(kernel(other, scale), first) and computed == [1]
+    kernel(pixels, build_preprocessing("mean_std", pixels))
+    assert computed == [1, 1]
+
+
 def test_whitening_kernel_is_frozen_and_its_bias_trains_until_the_gate_closes():
     model = airbench.airbench((32, 32, 3), 10, widths=(8, 8, 8))
     layer = airbench.whitening_layer(model)

@@ -179,6 +179,34 @@ def fit_whitening(model, images: np.ndarray) -> None:
     layer.kernel.assign(whitening_weights(np.asarray(images, dtype=np.float32), layer.kernel_size))
 
 
+# {(sha1 of the raw images, their shape, the preprocessing's config, kernel size): kernel}: every job of a
+# multirun computed the same kernel from the same images (0.31 of a 0.38-s airbench build on the 2-core VM,
+# issue 24). A few entries: a sweep over datasets, subsets or preprocessings.
+_WHITENING: dict = {}
+WHITENING_KEPT = 4
+
+
+def fit_whitening_from_pixels(model, preprocessing, pixels: np.ndarray) -> None:
+    """`fit_whitening` from uint8 training images (N, H, W, c) through the model's `preprocessing` layer
+    (pixels -> float inputs); the kernel is kept for the process, keyed by the pixels' sha1, so later
+    jobs on the same images and preprocessing skip both passes."""
+    import hashlib
+    import json
+
+    from keras import ops
+
+    layer = whitening_layer(model)
+    pixels = np.ascontiguousarray(pixels)
+    key = (hashlib.sha1(pixels.data).hexdigest(), pixels.shape, str(pixels.dtype),
+           json.dumps(preprocessing.get_config(), sort_keys=True, default=str), layer.kernel_size)
+    if key not in _WHITENING:
+        images = np.asarray(ops.convert_to_numpy(preprocessing(pixels)), dtype=np.float32)
+        while len(_WHITENING) >= WHITENING_KEPT:
+            _WHITENING.pop(next(iter(_WHITENING)))  # the oldest
+        _WHITENING[key] = whitening_weights(images, layer.kernel_size)
+    layer.kernel.assign(_WHITENING[key])
+
+
 class WhiteningBiasFreeze(keras.callbacks.Callback):
     """Stops the whitening bias's training after `epochs` epochs (its gate to 0), as airbench's
     `whiten_bias_epochs`; per epoch, so resumed jobs set it again from the epoch number."""

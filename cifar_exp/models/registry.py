@@ -40,11 +40,9 @@ class ModelSpec:
 
 def _airbench_prepare(core, preprocessing, x_train) -> None:
     # Its first layer whitens 2x2 patches of the preprocessed training images (the first 5,000).
-    from keras import ops
+    from cifar_exp.models.airbench import WHITENING_IMAGES, fit_whitening_from_pixels
 
-    from cifar_exp.models.airbench import WHITENING_IMAGES, fit_whitening
-
-    fit_whitening(core, ops.convert_to_numpy(preprocessing(x_train[:WHITENING_IMAGES])))
+    fit_whitening_from_pixels(core, preprocessing, x_train[:WHITENING_IMAGES])
 
 
 def _airbench_callbacks(cfg_model, classifier) -> list:
