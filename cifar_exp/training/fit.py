@@ -28,7 +28,7 @@ from cifar_exp.models.initializers import apply_init, apply_l2
 from cifar_exp.models.registry import build_model, model_spec
 from cifar_exp.spl.callback import build_spl_callback
 from cifar_exp.tracking import plots
-from cifar_exp.training import checkpoints, outcome
+from cifar_exp.training import checkpoints, outcome, shared_steps
 from cifar_exp.training.batch_reads import ReadOnDemand
 from cifar_exp.training.distribute import build_strategy, inference_batch_size
 from cifar_exp.training.losses import LossSettings, build_loss
@@ -396,6 +396,8 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         optimizer = build_optimizer(cfg.optimizer, schedule, batch_size=batch_size, total_steps=epochs * steps_per_epoch)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                       jit_compile=cfg.trainer.jit_compile)
+        # Under JAX, a later job of the same program reuses this one's traced steps (shared_steps.py).
+        shared_steps.share(model, shared_steps.program_key(cfg, classifier))
 
     targets = data.y_train if spl is None else spl.targets
     batches = TrainBatches(feed.train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch,

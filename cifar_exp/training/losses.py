@@ -82,6 +82,9 @@ class LossSettings(keras.layers.Layer):
     """
 
     FIELDS = ("label_smoothing", "kernel_l2", "bias_l2")
+    # Config entries that are only its variables' first values, not constants of the steps: jobs
+    # differing in them run one program (shared_steps.program_key leaves them out).
+    CONFIG_STEP_INPUTS = FIELDS
 
     def __init__(self, label_smoothing=0.0, kernel_l2=0.0, bias_l2=0.0, **kwargs):
         kwargs.setdefault("dtype", "float32")

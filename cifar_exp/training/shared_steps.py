@@ -1,0 +1,192 @@
+"""Under JAX, the jobs of one process that run the same program share its traced steps.
+
+Keras traces each new model's train, test and predict steps (`jax.jit` of a method bound to that
+model), so every job of a multirun traced its steps again, lowered them and loaded the compiled
+program from XLA's cache: on an H200 host ~1.1 s of a 6-s airbench job (issue 24), on this
+project's 2-core VM ~0.35 s of host time a step kind. Keras' JAX steps are pure functions of the
+model's state (the variables' values are arguments), so a step traced for one model computes
+exactly what another model's own trace would, when both were built by the same code from the same
+settings: same layers, same constants, same variables in the same order. A job whose program key
+(`program_key`) and variables match the previous program's reuses its step functions, and only its
+values differ. Keras has no API for this (its steps live on the model); this is the hand-written part.
+
+Jobs differing only in STEP_INPUTS share: each reaches the step as a variable's value or not at all
+(the initial weights, the optimizer's rate and schedule numbers, LossSettings' smoothing and L2
+factors, self-paced learning's host-side numbers). `CIFAR_EXP_SHARE_STEPS=0` turns sharing off;
+`=verify` also lowers both steps at each reuse and raises StepMismatchError unless their programs
+are identical (the tests run sweeps so).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+SHARE_ENV = "CIFAR_EXP_SHARE_STEPS"  # 1 (default) | 0 | verify
+KINDS = ("train", "test", "predict")
+# Keys (with everything under them) whose values never become constants of a job's compiled steps:
+# initial values and variables' values, or host-side only. Checked by tests/test_shared_steps.py with
+# CIFAR_EXP_SHARE_STEPS=verify and by test_backend_setup's persistent-cache test.
+STEP_INPUTS = ("seed", "init", "optimizer.lr", "trainer.epochs", "trainer.label_smoothing",
+               "trainer.validation_freq", "model.kernel_l2", "model.bias_l2", "optuna_trial")
+# Groups whose numbers (and nulls) are all step inputs: the schedule's (OptimizerVariables) and
+# self-paced learning's (the v-step runs on the host; its weights arrive as sample weights).
+NUMBERS_ARE_INPUTS = ("lr_schedule", "weighting")
+
+# {kind: _Program} of the last job that traced its own steps (one model's steps kept alive at most).
+_programs: dict = {}
+
+
+class StepMismatchError(RuntimeError):
+    """CIFAR_EXP_SHARE_STEPS=verify found a reused step whose program differs from the job's own."""
+
+
+class _Program:
+    def __init__(self, key, signature, function, model):
+        self.key, self.signature, self.function, self.model = key, signature, function, model
+
+
+def mode() -> str:
+    value = os.environ.get(SHARE_ENV, "1").strip().lower()
+    return {"0": "off", "false": "off", "off": "off", "verify": "verify"}.get(value, "on")
+
+
+def program_key(cfg, classifier) -> str | None:
+    """What fixes a job's compiled steps, as a string: the backend, the resolved config without
+    overrides.INERT_KEYS and STEP_INPUTS (NUMBERS_ARE_INPUTS' numbers too), and the classifier's
+    layers' Keras configs in order (their constants: data-derived ones such as mean_std's statistics
+    included; without the entries a layer lists in CONFIG_STEP_INPUTS, its variables' first values).
+    None where sharing does not apply: not JAX, a Keras distribution set, sharing off, or a layer
+    without a config."""
+    import keras
+    from omegaconf import OmegaConf
+
+    from cifar_exp.overrides import is_inert
+
+    if mode() == "off" or keras.backend.backend() != "jax" or keras.distribution.distribution() is not None:
+        return None
+    try:
+        layers = _layer_configs(classifier)
+    except NotImplementedError:
+        return None
+
+    def keep(tree: dict, prefix: str) -> dict:
+        kept = {}
+        for key, value in tree.items():
+            path = f"{prefix}{key}"
+            if is_inert(path) or any(path == k or path.startswith(k + ".") for k in STEP_INPUTS):
+                continue
+            if prefix.rstrip(".") in NUMBERS_ARE_INPUTS and (value is None or _is_number(value)):
+                continue
+            kept[key] = keep(value, path + ".") if isinstance(value, dict) else value
+        return kept
+
+    tree = keep(OmegaConf.to_container(cfg, resolve=True), "")
+    tree["precision"] = keras.mixed_precision.global_policy().name
+    return json.dumps({"config": tree, "layers": layers}, sort_keys=True, default=str)
+
+
+def _layer_configs(model) -> list:
+    """[(class name, config)] of a model's layers in order, a nested model's as its own list."""
+    import keras
+
+    configs = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            configs.append((type(layer).__name__, layer.name, _layer_configs(layer)))
+            continue
+        config = layer.get_config()
+        for entry in getattr(layer, "CONFIG_STEP_INPUTS", ()):
+            config.pop(entry, None)
+        configs.append((type(layer).__name__, config))
+    return configs
+
+
+def share(model, key: str | None) -> None:
+    """Let compiled `model` take the previous job's steps where they are its program; call it after
+    `model.compile` (which clears them). Each kind decides at its first call, when the model's
+    variables (the optimizer's, the metrics') exist: the same key and the same variables (paths,
+    shapes, dtypes, order) reuse the earlier function, anything else traces the model's own, which
+    the next job may then reuse. key None: the model keeps Keras' own behaviour."""
+    if key is None:
+        return
+    for kind in KINDS:
+        _wrap(model, kind, key)
+
+
+def _wrap(model, kind: str, key: str) -> None:
+    attribute = f"{kind}_function"
+    make_own = getattr(model, f"make_{kind}_function")
+
+    def make(force=False):
+        if getattr(model, attribute) is not None and not force:
+            return getattr(model, attribute)
+        make_own(force=force)
+        own = getattr(model, attribute)
+
+        def first_call(state, iterator):
+            signature = _signature(model, state)
+            earlier = _programs.get(kind)
+            if earlier is not None and earlier.key == key and earlier.signature == signature:
+                if mode() == "verify":
+                    data = next(iterator)
+                    iterator = itertools.chain([data], iterator)
+                    _verify(kind, earlier.model, model, state, data)
+                log.log(logging.INFO if kind == "train" else logging.DEBUG,
+                        "%s step: reusing the one traced for an earlier job of this process (same program; "
+                        "%s=0 traces each job's own)", kind, SHARE_ENV)
+                setattr(model, attribute, earlier.function)
+                return earlier.function(state, iterator)
+            setattr(model, attribute, own)
+            result = own(state, iterator)
+            _keep(kind, _Program(key, signature, own, model))  # once its trace succeeded
+            return result
+
+        setattr(model, attribute, first_call)
+        return first_call
+
+    model.__dict__[f"make_{kind}_function"] = make
+
+
+def _keep(kind: str, program: _Program) -> None:
+    """Keep `program` for the next job. The model it replaces was frozen by fit.release_job_state
+    (gc.freeze, alive when its job ended) and is garbage now: unfrozen, this job's collection frees
+    it (with its resident images) instead of the 10th job's full one."""
+    import gc
+
+    replaced = _programs.get(kind)
+    _programs[kind] = program
+    if replaced is not None and replaced.model is not program.model:
+        gc.unfreeze()
+
+
+def _signature(model, state) -> tuple:
+    """The variables a step reads, in Keras' order (paths, shapes, dtypes), and the state's layout."""
+    import jax
+
+    def described(variables):
+        return tuple((v.path, tuple(v.shape), str(v.dtype)) for v in variables)
+
+    layout = tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(state))
+    return (described(model.trainable_variables), described(model.non_trainable_variables),
+            described(model.metrics_variables), layout)
+
+
+def _verify(kind: str, earlier, model, state, data) -> None:
+    """Raise StepMismatchError unless the earlier model's step lowers to the same program as `model`'s
+    (StableHLO text without locations: every constant in full) for this state and batch."""
+    import jax
+
+    def program(owner) -> str:
+        return jax.jit(getattr(owner, f"{kind}_step")).lower(state, data).as_text(debug_info=False)
+
+    if program(earlier) != program(model):
+        raise StepMismatchError(f"the {kind} step traced for an earlier job is not this job's program; "
+                                f"a key that shapes the step is listed in shared_steps.STEP_INPUTS")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,115 @@
+"""Under JAX, jobs of one process that run the same program share its traced steps (shared_steps.py):
+only where the programs are identical (CIFAR_EXP_SHARE_STEPS=verify lowers both at each reuse and
+compares them), with the numbers the job's own steps give."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import compose
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = textwrap.dedent("""
+    import json, logging, os
+    os.environ["KERAS_BACKEND"] = "jax"
+    os.environ["CIFAR_EXP_SHARE_STEPS"] = "verify"
+    from conftest import compose
+    from cifar_exp.training import fit, shared_steps
+    from cifar_exp.tracking.runs import NullTracker
+
+    reused = []
+    class Reuses(logging.Handler):
+        def emit(self, record):
+            reused.append(record.getMessage().split(" step:")[0])
+    logger = logging.getLogger("cifar_exp.training.shared_steps")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Reuses())
+
+    base = ["model=simple_cnn", "model.width=8", "dataset=synthetic", "dataset.train_size=256",
+            "dataset.test_size=64", "trainer.batch_size=64", "trainer.epochs=2", "trainer.verbose=0",
+            "trainer.checkpoint=false", "optimizer=nesterov", "lr_schedule=onecycle"]
+    # Every STEP_INPUTS key and schedule number at once, then self-paced learning (its own program)
+    # and its numbers, then SGD's momentum: a Python float, a constant of the step.
+    inputs = ["seed=1", "init=he_normal", "optimizer.lr=0.03", "trainer.epochs=3", "trainer.label_smoothing=0.1",
+              "model.kernel_l2=1e-4", "model.bias_l2=1e-5", "lr_schedule.peak_epoch=1", "trainer.validation_freq=2"]
+    spl = ["weighting=hard", "weighting.warmup_epochs=1"]
+    jobs = {"first": [], "inputs": inputs, "spl": spl,
+            "spl_numbers": spl + ["seed=2", "weighting.age=3.0", "weighting.mu=1.5", "weighting.age_quantile=null"],
+            "momentum": spl + ["optimizer.momentum=0.5"]}
+    out = {}
+    for name, extra in jobs.items():
+        reused.clear()
+        metrics = fit.run(compose(base + extra), NullTracker())
+        out[name] = {"reused": sorted(set(reused)), "metrics": metrics}
+        if name == "spl_numbers":  # the model whose steps are kept; the momentum job replaces them
+            import weakref
+            kept = weakref.ref(shared_steps._programs["train"].model)
+    out["replaced_model_freed"] = kept() is None
+    os.environ["CIFAR_EXP_SHARE_STEPS"] = "0"  # the same job again, tracing its own steps
+    reused.clear()
+    fit.run(compose(base), NullTracker())
+    out["inputs_own"] = {"reused": sorted(set(reused)), "metrics": fit.run(compose(base + inputs), NullTracker())}
+    # verify can fail: a key that shapes the step, wrongly listed as an input, is caught at the reuse.
+    os.environ["CIFAR_EXP_SHARE_STEPS"] = "verify"
+    shared_steps.STEP_INPUTS += ("optimizer.momentum",)
+    fit.run(compose(base + spl + ["optimizer.momentum=0.5"]), NullTracker())  # traced under the wrong list
+    try:
+        fit.run(compose(base + spl + ["optimizer.momentum=0.7"]), NullTracker())
+        out["mismatch"] = None
+    except shared_steps.StepMismatchError as error:
+        out["mismatch"] = str(error)
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_jobs_differing_only_in_step_inputs_share_identical_steps_and_give_their_own_numbers(tmp_path):
+    pytest.importorskip("jax")
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TF_CPP_MIN_LOG_LEVEL="2",
+               CUDA_VISIBLE_DEVICES="", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cc"))
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["first"]["reused"] == []
+    assert out["inputs"]["reused"] == ["test", "train"]  # and verify found each the job's own program
+    assert out["spl"]["reused"] == []  # weighting=hard: another program key
+    assert out["spl_numbers"]["reused"] == ["predict", "test", "train"]  # SPL's loss pass: predict
+    assert out["momentum"]["reused"] == []
+    assert out["replaced_model_freed"]  # by the momentum job's own collection, though frozen after its job
+    assert out["inputs_own"]["reused"] == []
+    # Bit for bit what the job's own trace gives (same XLA programs, same inputs).
+    assert out["inputs"]["metrics"] == out["inputs_own"]["metrics"]
+    assert out["mismatch"] and "optimizer.momentum" not in out["mismatch"] and "train step" in out["mismatch"]
+
+
+def test_the_program_key_leaves_out_step_inputs_and_keeps_what_shapes_the_step(monkeypatch):
+    """Without JAX the key is None (TensorFlow's steps hold their model's variables); the config part
+    of the key, computed as under JAX, drops seeds, rates and SPL numbers and keeps the optimizer's
+    momentum and the model's width."""
+    from cifar_exp.training import shared_steps
+
+    class Classifier:
+        layers = []
+
+    def key(overrides):
+        return json.loads(shared_steps.program_key(compose(overrides), Classifier()))["config"]
+
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        assert shared_steps.program_key(compose([]), Classifier()) is None
+        monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    base = ["model=simple_cnn", "optimizer=nesterov", "lr_schedule=onecycle", "weighting=hard"]
+    assert key(base) == key(base + ["seed=3", "optimizer.lr=0.5", "init=zeros", "weighting.age=9", "weighting.mu=2",
+                                    "trainer.epochs=4", "mlflow.tracking_uri=sqlite:///x.db", "+tags.a=b"])
+    assert key(base) != key(base + ["optimizer.momentum=0.5"])
+    assert key(base) != key(base + ["model.width=8"])
+    assert key(base) != key(base + ["lr_schedule=constant"])  # another schedule: another program
+    assert key(base) != key(base + ["weighting.losses_from=train_pass"])
+    monkeypatch.setenv(shared_steps.SHARE_ENV, "0")
+    assert shared_steps.program_key(compose(base), Classifier()) is None
