@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for issue 24, prepared to run once on a lent device (parts' timeouts
-# 480 s in all; ~310 s expected; start-up aside). Each part has its own timeout and writes its summary
+# 390 s in all; ~280 s expected; start-up aside). Each part has its own timeout and writes its summary
 # to $OUT as soon as it ends, so a part cut short keeps what the others measured. From the repository
 # root, on the device:
 #
 #   source .device/env.sh && bash benchmarks/gpu_session.sh .device/cifar10-jpeg.tar.gz
 #
 # (see /work/shared/device/README.md: env.sh sets KERAS_BACKEND=jax, PYTHONPATH and the wheels).
-# Parts: 1. experiment=airbench, 5 seeds in one process; 2. experiment=resnet9, one seed; 3. airbench in
-# float32 with TTA every epoch; 4. resnet9 under precision=auto; 5. a 4-job lr x seed sweep of the
-# default ResNet-9 recipe in one process (does the second job load the first's compiled step?); 6. a
-# cProfile of a 2-seed airbench multirun. Round 1 of 2026-12-04 (results/gpu_2026-12-04/) ran airbench
-# in float32 and bfloat16, resnet9, the lr sweep and the profile, before the fixes it led to.
+# Parts (round 3): 1. experiment=airbench, 5 seeds in one process; 2. the same with
+# CIFAR_EXP_SHARE_STEPS=0, 3 seeds (each job traces its own steps: what sharing them saves); 3. a 4-job
+# lr x seed sweep of the default ResNet-9 recipe in one process (a later job's first epoch against a steady
+# one); 4. experiment=resnet9, one seed; 5. a cProfile of a 2-seed airbench multirun. Rounds 1 and 2 of
+# 2026-12-04 (results/gpu_2026-12-04*/) also ran airbench in float32 and resnet9 in bfloat16.
 # Every summary holds per job: test accuracy, process start -> run closed (MLflow's start/end), each
 # epoch's seconds (epoch_time: the first includes compilation; epoch_train_time: without the evaluation),
 # its time/* phases and memory/rss_mb (benchmarks/job_phases.py prints them as a table from the parts'
-# stores in $WORK), the GPU and versions, the date. At most 8 files come back: 7 are written.
+# stores in $WORK), the GPU and versions, the date. At most 8 files come back: 6 are written.
 #
 # A CPU trial with tiny settings (meaningless numbers; it checks that every part runs and writes its
 # summary; 2026-12-04: see benchmarks/README.md):
@@ -32,10 +32,10 @@ if [ "${TRIAL:-0}" = 1 ]; then
   SMALL="dataset.limit_train=512 dataset.limit_test=256 trainer.epochs=1"
   AIRBENCH_X="$SMALL model.widths=[8,16,16] trainer.batch_size=256"
   RESNET9_X="$SMALL model.width=8 trainer.batch_size=256 lr_schedule.peak_epoch=null"
-  SEEDS_AIR=0,1 SEEDS_R9=0 SEEDS_PROFILE=0,1 LIMIT=4
+  SEEDS_AIR=0,1 SEEDS_UNSHARED=0,1 SEEDS_R9=0 SEEDS_PROFILE=0,1 LIMIT=4
 else
   AIRBENCH_X="" RESNET9_X=""
-  SEEDS_AIR=0,1,2,3,4 SEEDS_R9=0 SEEDS_PROFILE=5,6 LIMIT=1
+  SEEDS_AIR=0,1,2,3,4 SEEDS_UNSHARED=0,1,2 SEEDS_R9=0 SEEDS_PROFILE=5,6 LIMIT=1
 fi
 scaled() { echo $(( $1 * LIMIT )); }  # timeouts: the GPU's seconds, or x LIMIT for the CPU trial
 
@@ -103,18 +103,15 @@ say "compile cache: ${JAX_COMPILATION_CACHE_DIR:-trainer.compile_cache=auto}"
 # last epoch only): 5 seeds in one process (the first compiles, the others reuse it). Each epoch's
 # epoch_train_time leaves its evaluation out (airbench94 times training only).
 part airbench "$(scaled 100)" experiment=airbench "seed=$SEEDS_AIR" $AIRBENCH_X
-# 2. ResNet-9's 24-epoch recipe (float32), one seed: issue 24 asks <= 22 s steady.
-part resnet9 "$(scaled 70)" experiment=resnet9 "seed=$SEEDS_R9" $RESNET9_X
-# 3. airbench with round 1's settings (float32, 6-view TTA every epoch), the per-batch reads gone:
-# what the reads cost, against round 1's 0.425 s train-only epoch.
-part airbench_f32 "$(scaled 110)" experiment=airbench "seed=$SEEDS_AIR" trainer.precision=float32 \
-  trainer.validation_freq=1 $AIRBENCH_X
-# 4. ResNet-9 under trainer.precision=auto (bfloat16 here).
-part resnet9_bf16 "$(scaled 60)" experiment=resnet9 "seed=$SEEDS_R9" trainer.precision=auto $RESNET9_X
-# 5. lr x seed of the default recipe (one-cycle: its numbers are optimizer variables): from the second
+# 2. The same without shared steps (each job traces, lowers and loads its own; the XLA cache is warm from
+# part 1, so the difference is the tracing): time/compile and run seconds of the warm jobs against part 1's.
+CIFAR_EXP_SHARE_STEPS=0 part airbench_unshared "$(scaled 70)" experiment=airbench "seed=$SEEDS_UNSHARED" $AIRBENCH_X
+# 3. lr x seed of the default recipe (one-cycle: its numbers are optimizer variables): from the second
 # job on, is the first epoch <= 2x a steady one? 3 epochs each: the question is the first epoch's seconds.
 part lr_sweep "$(scaled 70)" optimizer.lr=0.3,0.5 seed=10,11 trainer.epochs=3 $RESNET9_X
-# 6. where the host's seconds go: cProfile of a 2-seed airbench multirun (a new process, the XLA
+# 4. ResNet-9's 24-epoch recipe (float32), one seed: issue 24 asks <= 22 s steady.
+part resnet9 "$(scaled 70)" experiment=resnet9 "seed=$SEEDS_R9" $RESNET9_X
+# 5. where the host's seconds go: cProfile of a 2-seed airbench multirun (a new process, the XLA
 # cache warm from part 1), the largest cumulative and own-time entries in profile.txt.
 say "part profile"
 rm -f "$WORK/profile.db"

@@ -6,7 +6,7 @@ its run time (MLflow's start -> end) and what the phases leave unexplained (`oth
 the first metrics call). Without a store, it first runs a small sweep to have one (`--run`, CPU).
 
     python benchmarks/job_phases.py sqlite:///path/to/mlflow.db [--out results/job_phases_cpu.json]
-    python benchmarks/job_phases.py --run [--jobs 3] [-- overrides]
+    python benchmarks/job_phases.py --run [--jobs 3] [-- overrides]   (e.g. -- experiment=airbench model.widths=[16,32,32])
 """
 import argparse
 import json
@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("setup", "data", "build", "compile", "train", "validate", "checkpoint", "evaluate", "plots",
           "save_model", "tracking", "release")
+# --run's sweep without overrides; overrides after `--` replace it (only trainer.verbose=0 stays).
 SMALL = ["dataset=synthetic", "model=simple_cnn", "model.width=16", "dataset.train_size=2048",
          "dataset.test_size=512", "trainer.epochs=3", "trainer.batch_size=128", "trainer.verbose=0"]
 
@@ -58,14 +59,18 @@ def main() -> None:
     parser.add_argument("--run", action="store_true", help="run a small multirun first (CPU) and read its store")
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON file for the rows (default: results/job_phases.json)")
-    parser.add_argument("extra", nargs="*")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    # Overrides for --run follow `--` (argparse would take the first of them for the store's URI).
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.extra = extra
     folder = tempfile.mkdtemp(prefix="job_phases_")
     uri = args.uri
     if args.run:
         uri = f"sqlite:///{folder}/mlflow.db"
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT)))
-        subprocess.run([sys.executable, "-m", "cifar_exp", "--multirun", *SMALL, f"seed=range(0,{args.jobs})",
+        small = ["trainer.verbose=0"] if args.extra else SMALL
+        subprocess.run([sys.executable, "-m", "cifar_exp", "--multirun", *small, f"seed=range(0,{args.jobs})",
                         f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder}/sweep", *args.extra],
                        cwd=folder, env=env, check=True, capture_output=True)
     if not uri:
@@ -81,7 +86,7 @@ def main() -> None:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "job_phases.json"
     out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "machine": platform.machine(), "cpus": os.cpu_count(), "versions": versions,
-                               "overrides": SMALL + args.extra if args.run else None, "rows": rows}, indent=1))
+                               "overrides": small + args.extra if args.run else None, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -247,6 +247,10 @@ class AirbenchSGD(keras.optimizers.SGD):
       training that drags the weights back, where airbench's rho rises from 0.
     """
 
+    # Config entries held in variables (the rate too, as Keras keeps it): jobs differing in them share
+    # their steps (shared_steps.program_key); `shape` and `schedule` are constants of the step.
+    config_step_inputs = ("decay", "total_steps")
+
     def __init__(self, learning_rate=0.01, momentum=0.85, decay=0.0, total_steps=1, shape=None, schedule=None,
                  lookahead_every=5, lookahead_decay=0.95, lookahead_pow=3.0, lookahead_start=0.3, **kwargs):
         kwargs.pop("nesterov", None)

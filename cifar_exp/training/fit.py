@@ -397,7 +397,7 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                       jit_compile=cfg.trainer.jit_compile)
         # Under JAX, a later job of the same program reuses this one's traced steps (shared_steps.py).
-        shared_steps.share(model, shared_steps.program_key(cfg, classifier))
+        shared_steps.share(model, shared_steps.program_key(cfg, classifier, model))
 
     targets = data.y_train if spl is None else spl.targets
     batches = TrainBatches(feed.train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch,

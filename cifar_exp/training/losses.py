@@ -64,6 +64,11 @@ class VariableL2(keras.regularizers.Regularizer):
         factor = self.l2 if self.variable is None else self.variable
         return ops.cast(factor, x.dtype) * ops.sum(ops.square(x))
 
+    @property
+    def config_step_inputs(self) -> tuple[str, ...]:
+        """With `variable`, the config's l2 is only its first value (shared_steps.program_key)."""
+        return ("l2",) if self.variable is not None else ()
+
     def get_config(self):
         return {"l2": self.l2}
 
@@ -84,7 +89,7 @@ class LossSettings(keras.layers.Layer):
     FIELDS = ("label_smoothing", "kernel_l2", "bias_l2")
     # Config entries that are only its variables' first values, not constants of the steps: jobs
     # differing in them run one program (shared_steps.program_key leaves them out).
-    CONFIG_STEP_INPUTS = FIELDS
+    config_step_inputs = FIELDS
 
     def __init__(self, label_smoothing=0.0, kernel_l2=0.0, bias_l2=0.0, **kwargs):
         kwargs.setdefault("dtype", "float32")

@@ -3,7 +3,7 @@
 Keras traces each new model's train, test and predict steps (`jax.jit` of a method bound to that
 model), so every job of a multirun traced its steps again, lowered them and loaded the compiled
 program from XLA's cache: on an H200 host ~1.1 s of a 6-s airbench job (issue 24), on this
-project's 2-core VM ~0.35 s of host time a step kind. Keras' JAX steps are pure functions of the
+project's 2-core VM ~0.35 s for airbench's train step. Keras' JAX steps are pure functions of the
 model's state (the variables' values are arguments), so a step traced for one model computes
 exactly what another model's own trace would, when both were built by the same code from the same
 settings: same layers, same constants, same variables in the same order. A job whose program key
@@ -14,7 +14,7 @@ Jobs differing only in STEP_INPUTS share: each reaches the step as a variable's 
 (the initial weights, the optimizer's rate and schedule numbers, LossSettings' smoothing and L2
 factors, self-paced learning's host-side numbers). `CIFAR_EXP_SHARE_STEPS=0` turns sharing off;
 `=verify` also lowers both steps at each reuse and raises StepMismatchError unless their programs
-are identical (the tests run sweeps so).
+are identical (tests/test_shared_steps.py runs its sweeps so).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ STEP_INPUTS = ("seed", "init", "optimizer.lr", "trainer.epochs", "trainer.label_
 # self-paced learning's (the v-step runs on the host; its weights arrive as sample weights).
 NUMBERS_ARE_INPUTS = ("lr_schedule", "weighting")
 
-# {kind: _Program} of the last job that traced its own steps (one model's steps kept alive at most).
+# {kind: _Program}: the steps of the last model that traced its own, for the next job (one model kept).
 _programs: dict = {}
 
 
@@ -50,17 +50,21 @@ class _Program:
 
 
 def mode() -> str:
+    """CIFAR_EXP_SHARE_STEPS as on | off | verify."""
     value = os.environ.get(SHARE_ENV, "1").strip().lower()
     return {"0": "off", "false": "off", "off": "off", "verify": "verify"}.get(value, "on")
 
 
-def program_key(cfg, classifier) -> str | None:
-    """What fixes a job's compiled steps, as a string: the backend, the resolved config without
-    overrides.INERT_KEYS and STEP_INPUTS (NUMBERS_ARE_INPUTS' numbers too), and the classifier's
-    layers' Keras configs in order (their constants: data-derived ones such as mean_std's statistics
-    included; without the entries a layer lists in CONFIG_STEP_INPUTS, its variables' first values).
-    None where sharing does not apply: not JAX, a Keras distribution set, sharing off, or a layer
-    without a config."""
+def program_key(cfg, classifier, model) -> str | None:
+    """What fixes a job's compiled steps, as a string: the resolved config without overrides.INERT_KEYS
+    and STEP_INPUTS (NUMBERS_ARE_INPUTS' numbers too), the precision policy, and the constants of
+    what the steps close over: `classifier`'s layers' Keras configs in order (data-derived ones such as
+    mean_std's statistics included), the optimizer's config and each variable's regularizer, each
+    without what is only a variable's first value (the entries an object lists in config_step_inputs,
+    a rate Keras keeps in a variable, an OptimizerVariables schedule). So a number the config list
+    wrongly took for an input still separates programs wherever one of those objects holds it.
+    `model` is the compiled model fit runs. None where sharing does not apply: not JAX, a Keras
+    distribution set, sharing off, or a layer without a config."""
     import keras
     from omegaconf import OmegaConf
 
@@ -84,9 +88,32 @@ def program_key(cfg, classifier) -> str | None:
             kept[key] = keep(value, path + ".") if isinstance(value, dict) else value
         return kept
 
-    tree = keep(OmegaConf.to_container(cfg, resolve=True), "")
-    tree["precision"] = keras.mixed_precision.global_policy().name
-    return json.dumps({"config": tree, "layers": layers}, sort_keys=True, default=str)
+    regularizers = [(v.path, type(v.regularizer).__name__, _constants(v.regularizer))
+                    for v in model.trainable_variables if getattr(v, "regularizer", None) is not None]
+    return json.dumps({"config": keep(OmegaConf.to_container(cfg, resolve=True), ""),
+                       "precision": keras.mixed_precision.global_policy().name, "layers": layers,
+                       "optimizer": (type(model.optimizer).__name__, _optimizer_constants(model.optimizer)),
+                       "regularizers": regularizers}, sort_keys=True, default=str)
+
+
+def _constants(owner) -> dict:
+    """`owner.get_config()` without the entries it lists in config_step_inputs."""
+    config = dict(owner.get_config())
+    for entry in getattr(owner, "config_step_inputs", ()):
+        config.pop(entry, None)
+    return config
+
+
+def _optimizer_constants(optimizer) -> dict:
+    """The optimizer's config without its rate where that is a variable: a number (Keras keeps a float
+    rate in a variable) or an OptimizerVariables schedule (its numbers are optimizer variables); any
+    other schedule's numbers are constants of the step and stay."""
+    config = _constants(optimizer)
+    config.pop("name", None)  # Keras numbers it per session (sgd_1, sgd_2); it computes nothing
+    rate = config.get("learning_rate")
+    if _is_number(rate) or (isinstance(rate, dict) and rate.get("class_name") == "OptimizerVariables"):
+        config.pop("learning_rate")
+    return config
 
 
 def _layer_configs(model) -> list:
@@ -98,10 +125,7 @@ def _layer_configs(model) -> list:
         if isinstance(layer, keras.Model):
             configs.append((type(layer).__name__, layer.name, _layer_configs(layer)))
             continue
-        config = layer.get_config()
-        for entry in getattr(layer, "CONFIG_STEP_INPUTS", ()):
-            config.pop(entry, None)
-        configs.append((type(layer).__name__, config))
+        configs.append((type(layer).__name__, _constants(layer)))
     return configs
 
 
@@ -113,6 +137,8 @@ def share(model, key: str | None) -> None:
     the next job may then reuse. key None: the model keeps Keras' own behaviour."""
     if key is None:
         return
+    if any(program.key != key for program in _programs.values()):
+        _evict()  # never reused now: freed with this job's collection, not kept beside its model
     for kind in KINDS:
         _wrap(model, kind, key)
 
@@ -152,14 +178,22 @@ def _wrap(model, kind: str, key: str) -> None:
 
 
 def _keep(kind: str, program: _Program) -> None:
-    """Keep `program` for the next job. The model it replaces was frozen by fit.release_job_state
-    (gc.freeze, alive when its job ended) and is garbage now: unfrozen, this job's collection frees
-    it (with its resident images) instead of the 10th job's full one."""
+    """Keep `program` for the next job; the kept steps all come from one model (a kind traced by a
+    later model of the same program replaces the others: at most one earlier model stays alive)."""
+    if any(kept.model is not program.model for kept in _programs.values()):
+        _evict()
+    _programs[kind] = program
+
+
+def _evict() -> None:
+    """Drop the kept steps and their model. The model was frozen by fit.release_job_state (gc.freeze,
+    alive when its job ended) and is cyclic garbage now: unfrozen, the running job's own collection
+    frees it (with its resident images) instead of the 10th job's full one. This costs one full
+    collection whenever the program changes (0.13 s on the 2-core VM), a job that also traces its steps."""
     import gc
 
-    replaced = _programs.get(kind)
-    _programs[kind] = program
-    if replaced is not None and replaced.model is not program.model:
+    if _programs:
+        _programs.clear()
         gc.unfreeze()
 
 
