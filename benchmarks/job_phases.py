@@ -47,10 +47,11 @@ def rows_of(uri: str) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     columns = ["run_s", *PHASES, "other", "rss_mb"]
-    print(f"{'run':<28}" + "".join(f"{c[:10]:>11}" for c in columns))
+    width = max([len("run"), *(len(row["run"]) for row in rows)]) + 1  # whole names: they differ at the end
+    print(f"{'run':<{width}}" + "".join(f"{c[:10]:>11}" for c in columns))
     for row in rows:
         cells = "".join(f"{row[c]:>11.2f}" if isinstance(row[c], (int, float)) else f"{'-':>11}" for c in columns)
-        print(f"{row['run'][:27]:<28}{cells}")
+        print(f"{row['run']:<{width}}{cells}")
 
 
 def main() -> None:
@@ -87,6 +88,7 @@ def main() -> None:
     out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "machine": platform.machine(), "cpus": os.cpu_count(), "versions": versions,
                                "overrides": small + args.extra if args.run else None, "rows": rows}, indent=1))
+    print(f"rows written to {out}")
 
 
 if __name__ == "__main__":

@@ -217,3 +217,49 @@ def test_a_failed_jobs_objects_are_not_frozen_at_its_release():
     del model
     gc.collect()
     assert alive() is None
+
+
+VALIDATE_SCRIPT = """
+import json, os
+os.environ["KERAS_BACKEND"] = "jax"
+from conftest import compose
+from cifar_exp.training import fit
+from cifar_exp.training.phases import PhaseTimer
+from cifar_exp.tracking.runs import NullTracker
+
+class Recorder(NullTracker):
+    epochs = []
+    def log_metrics(self, metrics, step=None):
+        if "epoch_time" in metrics:
+            self.epochs.append(metrics)
+
+timer, tracker = PhaseTimer(), Recorder()
+fit.run(compose(["model=simple_cnn", "model.width=16", "dataset=synthetic", "dataset.train_size=2048",
+                 "dataset.test_size=64", "trainer.batch_size=128", "trainer.epochs=2", "trainer.verbose=0",
+                 "trainer.checkpoint=false"]), tracker, timer=timer)
+print(json.dumps({"validate": timer.seconds["validate"], "train": timer.seconds["train"],
+                  "evaluating": sum(e["epoch_time"] - e["epoch_train_time"] for e in tracker.epochs)}))
+"""
+
+
+@pytest.mark.slow
+def test_under_jax_validate_counts_the_evaluations_not_the_training_steps_still_queued(tmp_path):
+    """JAX dispatches asynchronously: when an epoch's evaluation begins, the epoch's training steps can
+    still be queued on the device (a whole epoch on a CPU). time/validate starts after them, as the
+    epochs' epoch_time - epoch_train_time does (a new user found validate 7 s for a 0.1-s test pass)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("jax")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{root / 'tests'}", TF_CPP_MIN_LOG_LEVEL="2",
+               CUDA_VISIBLE_DEVICES="", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cc"))
+    done = subprocess.run([sys.executable, "-c", VALIDATE_SCRIPT], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seconds = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seconds["validate"] <= seconds["evaluating"] + 0.25, seconds
+    assert seconds["validate"] < 0.5 * seconds["train"], seconds

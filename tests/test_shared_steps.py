@@ -182,3 +182,18 @@ def test_numbers_the_step_closes_over_separate_programs_whatever_the_config_list
     assert key(_tiny(sgd(), VariableL2(0.1, settings.kernel_l2))) == key(_tiny(sgd(), VariableL2(0.5, settings.kernel_l2)))
     assert key(_tiny(sgd(), keras.regularizers.L2(0.1))) != key(_tiny(sgd(), keras.regularizers.L2(0.5)))
     assert key(_tiny(sgd(), VariableL2(0.1))) != key(_tiny(sgd(), VariableL2(0.5)))  # no variable: a constant
+
+
+def test_the_run_tag_says_whether_a_jobs_steps_were_its_own_and_a_misspelt_mode_is_refused(as_if_jax, monkeypatch):
+    shared_steps = as_if_jax
+    sharing = shared_steps.Sharing()
+    assert shared_steps.run_tag(sharing) == "own" and shared_steps.run_tag(None) == "not shared"
+    sharing.reused += ["train", "test"]
+    assert shared_steps.run_tag(sharing) == "reused:train,test"
+    sharing.verified = True
+    assert shared_steps.run_tag(sharing) == "verified:train,test"
+    monkeypatch.setenv(shared_steps.SHARE_ENV, "0")
+    assert shared_steps.run_tag(sharing) == "off"
+    monkeypatch.setenv(shared_steps.SHARE_ENV, "verfy")
+    with pytest.raises(ValueError, match="CIFAR_EXP_SHARE_STEPS='verfy': expected 1 .* 0 .* or verify"):
+        shared_steps.program_key(compose([]), None, None)

@@ -126,9 +126,7 @@ class EpochLogger(keras.callbacks.Callback):
         self.started, self.evaluating_s = time.perf_counter(), 0.0
 
     def on_test_begin(self, logs=None):
-        # The host runs ahead of the device: the epoch's last training steps may still be queued.
-        # Waiting for them here (one read) keeps them in the training time.
-        ops.convert_to_numpy(self.model.optimizer.iterations)
+        wait_for_queued_steps(self.model)
         self.test_started = time.perf_counter()
 
     def on_test_end(self, logs=None):
@@ -238,6 +236,14 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
             super().on_epoch_end(epoch, logs)
 
 
+def wait_for_queued_steps(model) -> None:
+    """Block until the training steps the host queued have run (one read of the optimizer's step
+    counter). The host runs ahead of the device (JAX dispatches asynchronously: on a CPU a whole epoch
+    can be queued), so an evaluation's clock started without this counts training time."""
+    if model.optimizer is not None:
+        ops.convert_to_numpy(model.optimizer.iterations)
+
+
 class PhaseClock(keras.callbacks.Callback):
     """Times, inside `model.fit`, the first training step (`compile`: tracing, compiling and running
     it, up to the read of its logs) and the evaluations of the evaluated split (`validate`)."""
@@ -258,6 +264,7 @@ class PhaseClock(keras.callbacks.Callback):
             self.timer.add("compile", self.first_step_s)
 
     def on_test_begin(self, logs=None):
+        wait_for_queued_steps(self.model)  # their seconds stay in `train`
         self.test_started = time.perf_counter()
 
     def on_test_end(self, logs=None):
@@ -397,7 +404,7 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                       jit_compile=cfg.trainer.jit_compile)
         # Under JAX, a later job of the same program reuses this one's traced steps (shared_steps.py).
-        shared_steps.share(model, shared_steps.program_key(cfg, classifier, model))
+        sharing = shared_steps.share(model, shared_steps.program_key(cfg, classifier, model))
 
     targets = data.y_train if spl is None else spl.targets
     batches = TrainBatches(feed.train, targets, sample_weights, batch_size, seed=cfg.seed, first_epoch=first_epoch,
@@ -434,6 +441,9 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
                   callbacks=ReadOnDemand(callbacks, model, verbose, epochs, len(batches)), verbose=verbose,
                   shuffle=False)
 
+    tag = shared_steps.run_tag(sharing)  # the run says whether its steps were its own (docs/tracking.md)
+    if tag:
+        tracker.set_tags({"shared_steps": tag})
     test_batch_size = inference_batch_size(len(data.y_test), batch_size, replicas)
     with timer.phase("evaluate"):
         final = _final_test_metrics(model, feed, data, logger, test_batch_size)

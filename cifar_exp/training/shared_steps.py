@@ -49,10 +49,42 @@ class _Program:
         self.key, self.signature, self.function, self.model = key, signature, function, model
 
 
+MODES = {"1": "on", "on": "on", "true": "on", "0": "off", "off": "off", "false": "off", "verify": "verify"}
+
+
 def mode() -> str:
-    """CIFAR_EXP_SHARE_STEPS as on | off | verify."""
-    value = os.environ.get(SHARE_ENV, "1").strip().lower()
-    return {"0": "off", "false": "off", "off": "off", "verify": "verify"}.get(value, "on")
+    """CIFAR_EXP_SHARE_STEPS as on | off | verify; ValueError naming the variable for any other value."""
+    value = os.environ.get(SHARE_ENV, "1")
+    if value.strip().lower() not in MODES:
+        raise ValueError(f"{SHARE_ENV}={value!r}: expected 1 (share, the default), 0 (each job traces its own "
+                         f"steps) or verify (share, and check each reused step is this job's program)")
+    return MODES[value.strip().lower()]
+
+
+class Sharing:
+    """What one job's steps did: `reused`, the kinds (train, test, predict) it took from an earlier job,
+    in the order first called; `verified`, whether their programs were compared (verify)."""
+
+    def __init__(self):
+        self.reused: list[str] = []
+        self.verified = False
+
+
+def run_tag(sharing: Sharing | None) -> str | None:
+    """The run's `shared_steps` tag: `off`, `own` (this job traced its steps), `reused:train,test` or
+    `verified:train,test`; `not shared` where sharing does not apply under JAX (a Keras distribution,
+    a layer without a config); None under another backend (nothing to share)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None
+    if mode() == "off":
+        return "off"
+    if sharing is None:
+        return "not shared"
+    if not sharing.reused:
+        return "own"
+    return f"{'verified' if sharing.verified else 'reused'}:{','.join(sharing.reused)}"
 
 
 def program_key(cfg, classifier, model) -> str | None:
@@ -129,21 +161,25 @@ def _layer_configs(model) -> list:
     return configs
 
 
-def share(model, key: str | None) -> None:
+def share(model, key: str | None) -> Sharing | None:
     """Let compiled `model` take the previous job's steps where they are its program; call it after
     `model.compile` (which clears them). Each kind decides at its first call, when the model's
     variables (the optimizer's, the metrics') exist: the same key and the same variables (paths,
     shapes, dtypes, order) reuse the earlier function, anything else traces the model's own, which
-    the next job may then reuse. key None: the model keeps Keras' own behaviour."""
+    the next job may then reuse. key None: the model keeps Keras' own behaviour. Under
+    CIFAR_EXP_SHARE_STEPS=verify a reusing step's first call raises StepMismatchError when the two
+    programs differ. Returns what the steps did (filled in as they run; run_tag), None for key None."""
     if key is None:
-        return
+        return None
     if any(program.key != key for program in _programs.values()):
         _evict()  # never reused now: freed with this job's collection, not kept beside its model
+    sharing = Sharing()
     for kind in KINDS:
-        _wrap(model, kind, key)
+        _wrap(model, kind, key, sharing)
+    return sharing
 
 
-def _wrap(model, kind: str, key: str) -> None:
+def _wrap(model, kind: str, key: str, sharing: Sharing) -> None:
     attribute = f"{kind}_function"
     make_own = getattr(model, f"make_{kind}_function")
 
@@ -157,13 +193,16 @@ def _wrap(model, kind: str, key: str) -> None:
             signature = _signature(model, state)
             earlier = _programs.get(kind)
             if earlier is not None and earlier.key == key and earlier.signature == signature:
-                if mode() == "verify":
+                verified = mode() == "verify"
+                if verified:
                     data = next(iterator)
                     iterator = itertools.chain([data], iterator)
                     _verify(kind, earlier.model, model, state, data)
-                log.log(logging.INFO if kind == "train" else logging.DEBUG,
-                        "%s step: reusing the one traced for an earlier job of this process (same program; "
-                        "%s=0 traces each job's own)", kind, SHARE_ENV)
+                sharing.reused.append(kind)
+                sharing.verified = sharing.verified or verified
+                log.info("%s step: reusing the one traced for an earlier job of this process (same program%s; "
+                         "%s=0 traces each job's own)", kind,
+                         ", verified: identical StableHLO" if verified else "", SHARE_ENV)
                 setattr(model, attribute, earlier.function)
                 return earlier.function(state, iterator)
             setattr(model, attribute, own)
@@ -218,8 +257,10 @@ def _verify(kind: str, earlier, model, state, data) -> None:
         return jax.jit(getattr(owner, f"{kind}_step")).lower(state, data).as_text(debug_info=False)
 
     if program(earlier) != program(model):
-        raise StepMismatchError(f"the {kind} step traced for an earlier job is not this job's program; "
-                                f"a key that shapes the step is listed in shared_steps.STEP_INPUTS")
+        raise StepMismatchError(f"the {kind} step traced for an earlier job is not this job's program: "
+                                f"shared_steps.program_key misses something that shapes it (a config key "
+                                f"wrongly in STEP_INPUTS, or a constant no config holds); "
+                                f"{SHARE_ENV}=0 runs without sharing")
 
 
 def _is_number(value) -> bool:
