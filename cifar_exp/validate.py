@@ -18,6 +18,7 @@ from cifar_exp.tracking.databases import EXPERIMENT_NAME_LENGTH, check_driver
 from cifar_exp.training.backend_setup import check_backend_settings
 from cifar_exp.training.distribute import STRATEGIES
 from cifar_exp.training.optim import check_optimizer, check_schedule
+from cifar_exp.training.shared_steps import mode as shared_steps_mode
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
@@ -57,6 +58,7 @@ def validate(cfg) -> None:
     if not (isinstance(trainer.tta, bool) or isinstance(trainer.tta, str) and trainer.tta in TTA_LEVELS):
         raise ConfigError("trainer.tta", trainer.tta, "false, true (= flip), flip or flip_translate")
     check_backend_settings(trainer)
+    shared_steps_mode()  # a misspelt CIFAR_EXP_SHARE_STEPS is refused before any run opens
     smoothing = trainer.label_smoothing
     if not (isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) and 0 <= smoothing < 1):
         raise ConfigError("trainer.label_smoothing", smoothing, "a number in [0, 1) (0: no smoothing)")

@@ -195,5 +195,15 @@ def test_the_run_tag_says_whether_a_jobs_steps_were_its_own_and_a_misspelt_mode_
     monkeypatch.setenv(shared_steps.SHARE_ENV, "0")
     assert shared_steps.run_tag(sharing) == "off"
     monkeypatch.setenv(shared_steps.SHARE_ENV, "verfy")
-    with pytest.raises(ValueError, match="CIFAR_EXP_SHARE_STEPS='verfy': expected 1 .* 0 .* or verify"):
+    with pytest.raises(ValueError, match=r"CIFAR_EXP_SHARE_STEPS \(environment\)='verfy'. Allowed: 1 .* 0 .* or verify"):
         shared_steps.program_key(compose([]), None, None)
+
+
+def test_a_misspelt_mode_fails_the_command_before_any_run_opens(tmp_path):
+    from conftest import SMOKE, run_cli
+
+    done = run_cli([*SMOKE, f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"], cwd=tmp_path,
+                   env={"CIFAR_EXP_SHARE_STEPS": "yes"})
+    assert done.returncode != 0
+    assert "Error: Invalid config: CIFAR_EXP_SHARE_STEPS (environment)='yes'. Allowed: 1 (share" in done.stderr + done.stdout
+    assert not (tmp_path / "m.db").exists()

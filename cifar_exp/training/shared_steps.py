@@ -53,11 +53,13 @@ MODES = {"1": "on", "on": "on", "true": "on", "0": "off", "off": "off", "false":
 
 
 def mode() -> str:
-    """CIFAR_EXP_SHARE_STEPS as on | off | verify; ValueError naming the variable for any other value."""
+    """CIFAR_EXP_SHARE_STEPS as on | off | verify; ConfigError naming the variable for any other value."""
+    from cifar_exp.errors import ConfigError
+
     value = os.environ.get(SHARE_ENV, "1")
     if value.strip().lower() not in MODES:
-        raise ValueError(f"{SHARE_ENV}={value!r}: expected 1 (share, the default), 0 (each job traces its own "
-                         f"steps) or verify (share, and check each reused step is this job's program)")
+        raise ConfigError(f"{SHARE_ENV} (environment)", value, "1 (share, the default), 0 (each job traces its "
+                          "own steps) or verify (share, and check each reused step is this job's program)")
     return MODES[value.strip().lower()]
 
 
