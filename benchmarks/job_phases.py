@@ -27,11 +27,11 @@ SMALL = ["dataset=synthetic", "model=simple_cnn", "model.width=16", "dataset.tra
          "dataset.test_size=512", "trainer.epochs=3", "trainer.batch_size=128", "trainer.verbose=0"]
 
 
-def rows_of(uri: str) -> list[dict]:
+def rows_of(uri: str, experiment: str | None = None) -> list[dict]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
+    experiments = [e.experiment_id for e in client.search_experiments() if experiment in (None, e.name)]
     rows = []
     for run in client.search_runs(experiments, max_results=1000) if experiments else []:
         metrics = run.data.metrics
@@ -39,7 +39,9 @@ def rows_of(uri: str) -> list[dict]:
         run_s = None if run.info.end_time is None else (run.info.end_time - run.info.start_time) / 1000
         # time/setup also holds the seconds before the run opened, the others are inside it
         inside = sum(v for p, v in times.items() if v is not None and p != "setup")
-        rows.append({"run": run.info.run_name, "status": run.info.status, "start": run.info.start_time,
+        rows.append({"run": run.info.run_name, "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                     "status": run.info.status, "shared_steps": run.data.tags.get("shared_steps", "-"),
+                     "start": run.info.start_time,
                      "run_s": run_s, **times, "other": None if run_s is None else round(run_s - inside, 3),
                      "rss_mb": metrics.get("memory/rss_mb"), "backend": run.data.tags.get("keras_backend")})
     return sorted(rows, key=lambda r: r["start"])
@@ -48,10 +50,10 @@ def rows_of(uri: str) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     columns = ["run_s", *PHASES, "other", "rss_mb"]
     width = max([len("run"), *(len(row["run"]) for row in rows)]) + 1  # whole names: they differ at the end
-    print(f"{'run':<{width}}" + "".join(f"{c[:10]:>11}" for c in columns))
+    print(f"{'run':<{width}}{'status':<10}{'steps':<20}" + "".join(f"{c[:10]:>11}" for c in columns))
     for row in rows:
         cells = "".join(f"{row[c]:>11.2f}" if isinstance(row[c], (int, float)) else f"{'-':>11}" for c in columns)
-        print(f"{row['run']:<{width}}{cells}")
+        print(f"{row['run']:<{width}}{row['status'][:9]:<10}{row['shared_steps'][:19]:<20}{cells}")
 
 
 def main() -> None:
@@ -59,7 +61,8 @@ def main() -> None:
     parser.add_argument("uri", nargs="?", help="tracking URI of the store to read")
     parser.add_argument("--run", action="store_true", help="run a small multirun first (CPU) and read its store")
     parser.add_argument("--jobs", type=int, default=3)
-    parser.add_argument("--out", default=None, help="JSON file for the rows (default: results/job_phases.json)")
+    parser.add_argument("--experiment", help="only this MLflow experiment's runs (default: every experiment)")
+    parser.add_argument("--out", default=None, help="JSON file for the rows (default: benchmarks/results/job_phases.json in this repository)")
     argv = sys.argv[1:]
     # Overrides for --run follow `--` (argparse would take the first of them for the store's URI).
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -76,7 +79,7 @@ def main() -> None:
                        cwd=folder, env=env, check=True, capture_output=True)
     if not uri:
         parser.error("give a tracking URI or --run")
-    rows = rows_of(uri)
+    rows = rows_of(uri, args.experiment)
     print_table(rows)
     versions = {}
     for package in ("keras", "tensorflow", "jax", "mlflow"):

@@ -129,8 +129,9 @@ def cli() -> None:
 
 
 def check_before_hydra_writes(args: list[str]) -> str | None:
-    """What Hydra would do wrong before our job runs, in one line (None: nothing): a `-cd` folder that
-    does not exist (Hydra: a UserWarning, then an error and exit 1), and a single run whose
+    """What Hydra would do wrong before our job runs, in one line (None: nothing): a misspelt
+    CIFAR_EXP_SHARE_STEPS, a `-cd` folder that does not exist (Hydra: a UserWarning, then an error and
+    exit 1), and a single run whose
     `hydra.run.dir` another live process works in (Hydra would overwrite that job's `.hydra/`
     config files before the job's own lock refuses it)."""
     from hydra._internal.utils import get_args_parser
@@ -141,6 +142,12 @@ def check_before_hydra_writes(args: list[str]) -> str | None:
     parsed, _ = get_args_parser().parse_known_args(args)
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
         return None
+    from cifar_exp.training.shared_steps import mode as shared_steps_mode
+
+    try:  # the process's setting: a misspelt value would fail every job of a multirun, each a FAILED run
+        shared_steps_mode()
+    except ConfigError as error:
+        return str(error)
     if parsed.config_dir and not os.path.isdir(parsed.config_dir):
         return (f"Invalid config: --config-dir={parsed.config_dir!r}. Allowed: a folder that exists "
                 f"({os.path.abspath(parsed.config_dir)} does not).")

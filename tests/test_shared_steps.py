@@ -199,11 +199,13 @@ def test_the_run_tag_says_whether_a_jobs_steps_were_its_own_and_a_misspelt_mode_
         shared_steps.program_key(compose([]), None, None)
 
 
-def test_a_misspelt_mode_fails_the_command_before_any_run_opens(tmp_path):
+@pytest.mark.parametrize("multirun", [[], ["--multirun", "seed=0,1"]], ids=["run", "multirun"])
+def test_a_misspelt_mode_fails_the_command_before_any_run_opens(tmp_path, multirun):
+    """Once for the process, not once per job (a multirun's jobs would each record a FAILED run)."""
     from conftest import SMOKE, run_cli
 
-    done = run_cli([*SMOKE, f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"], cwd=tmp_path,
+    done = run_cli([*SMOKE, *multirun, f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"], cwd=tmp_path,
                    env={"CIFAR_EXP_SHARE_STEPS": "yes"})
-    assert done.returncode != 0
-    assert "Error: Invalid config: CIFAR_EXP_SHARE_STEPS (environment)='yes'. Allowed: 1 (share" in done.stderr + done.stdout
+    assert done.returncode == 2
+    assert "Error: Invalid config: CIFAR_EXP_SHARE_STEPS (environment)='yes'. Allowed: 1 (share" in done.stderr
     assert not (tmp_path / "m.db").exists()

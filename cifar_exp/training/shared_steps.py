@@ -104,7 +104,10 @@ def program_key(cfg, classifier, model) -> str | None:
 
     from cifar_exp.overrides import is_inert
 
-    if mode() == "off" or keras.backend.backend() != "jax" or keras.distribution.distribution() is not None:
+    if keras.backend.backend() != "jax" or keras.distribution.distribution() is not None:
+        return None
+    if mode() == "off":
+        log.info("steps: this job traces its own (%s=0)", SHARE_ENV)
         return None
     try:
         layers = _layer_configs(classifier)
