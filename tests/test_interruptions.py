@@ -293,6 +293,9 @@ def test_a_sweeps_id_comes_from_its_definition_not_its_folder():
     assert first == again
     assert definition_id(["init=he_normal,ones", "trainer.epochs=3"], False, "multirun/a") != first
     assert definition_id([*sweep, "hydra.sweeper.n_trials=5"], False, "multirun/a") != first
+    # The same definition recorded in another MLflow experiment is another sweep (a report must not pool them).
+    assert definition_id(sweep, False, "multirun/a", "cifar_exp") == definition_id(sweep, False, "multirun/b", "cifar_exp")
+    assert definition_id(sweep, False, "multirun/a", "cifar_exp") != definition_id(sweep, False, "multirun/a", "other")
     # sweep.rerun=true trains every job again: a new sweep each time
     assert definition_id([*sweep, "sweep.rerun=true"], True, "multirun/a") != definition_id(
         [*sweep, "sweep.rerun=true"], True, "multirun/b")

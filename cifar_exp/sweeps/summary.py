@@ -25,11 +25,16 @@ SWEEP_ID_FILE = "sweep_id"  # in the sweep folder; job.sweep_id reads it into th
 KEPT_HYDRA = ("hydra.sweeper.", "hydra/sweeper")
 
 
-def definition_id(overrides, rerun: bool, sweep_dir: str) -> str:
+def definition_id(overrides, rerun: bool, sweep_dir: str, experiment: str | None = None) -> str:
     """The sweep's id: a short hash of its command-line overrides (sorted), folders and launcher
     left out, so re-running a stopped sweep gives the same id and `report --sweep-id latest`
-    shows all its jobs. With sweep.rerun=true every sweep is new work: the folder joins the hash."""
+    shows all its jobs. With sweep.rerun=true every sweep is new work: the folder joins the hash.
+    `experiment` (mlflow.experiment_name) joins it too: the same sweep recorded in another experiment
+    is other runs, which a report of one sweep must not pool with these (a new user's report counted
+    two seeds run in three experiments as six samples)."""
     keys = sorted(o for o in map(str, overrides) if not is_inert(o) or o.lstrip("+~").startswith(KEPT_HYDRA))
+    if experiment is not None:
+        keys.append(f"experiment:{experiment}")
     if rerun:
         keys.append(str(Path(sweep_dir).resolve()))
     return hashlib.sha1(json.dumps(keys).encode()).hexdigest()[:12]
@@ -87,7 +92,9 @@ class SweepSummary(Callback):
             stale.unlink()  # a re-used sweep folder must not count earlier sweeps' jobs
         sweep_dir.mkdir(parents=True, exist_ok=True)
         rerun = bool(config.get("sweep", {}).get("rerun", False))
-        (sweep_dir / SWEEP_ID_FILE).write_text(definition_id(config.hydra.overrides.task, rerun, str(sweep_dir)))
+        experiment = str(config.get("mlflow", {}).get("experiment_name", "")) or None
+        (sweep_dir / SWEEP_ID_FILE).write_text(definition_id(config.hydra.overrides.task, rerun, str(sweep_dir),
+                                                             experiment))
 
     def on_multirun_end(self, config, **kwargs) -> None:
         all_finished = summarize(config.hydra.sweep.dir)
