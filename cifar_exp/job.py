@@ -431,7 +431,8 @@ def run_tags(cfg, context: JobContext) -> dict[str, str]:
 
 # Tags a job sets only in a multirun, or after it started: a user tag may not take their name.
 LATER_TAGS = ("sweep_id", "sweep_dir", "job_num", "swept_keys", "error", "failure_hint", "weights_sha256",
-              "config_hash", "full_run_name")  # full_run_name: tracking/databases.py, for a name over 250 characters
+              "config_hash", "full_run_name",  # full_run_name: tracking/databases.py, for a name over 250 characters
+              "precision", "outcome", "outcome_detail", "shared_steps")  # set while training or after it
 LATER_TAG_PREFIXES = ("mlflow.", "data.", "transfer.", "kfold.", "optuna.", "swept.", "choice.", "version.")
 
 

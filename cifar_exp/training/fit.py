@@ -441,9 +441,6 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
                   callbacks=ReadOnDemand(callbacks, model, verbose, epochs, len(batches)), verbose=verbose,
                   shuffle=False)
 
-    tag = shared_steps.run_tag(sharing)  # the run says whether its steps were its own (docs/tracking.md)
-    if tag:
-        tracker.set_tags({"shared_steps": tag})
     test_batch_size = inference_batch_size(len(data.y_test), batch_size, replicas)
     with timer.phase("evaluate"):
         final = _final_test_metrics(model, feed, data, logger, test_batch_size)
@@ -452,6 +449,9 @@ def _train_and_evaluate(cfg, tracker, checkpoint_dir, extra_callbacks, build_cor
         tracker.log_metrics(final, step=len(logger.epochs))
     outcome.record_learning_outcome(tracker, final, data.y_test, step=len(logger.epochs))
     _log_artifacts(cfg, tracker, model, classifier, feed, data, logger, test_batch_size, accuracy.matrix(), timer)
+    tag = shared_steps.run_tag(sharing)  # whether its steps were its own, final evaluation included (docs/tracking.md)
+    if tag:
+        tracker.set_tags({"shared_steps": tag})
     # Sweepers may optimise the last validation metrics (already logged per epoch).
     final.update({key: values[-1] for key, values in logger.history.items() if key.startswith("val_")})
     return final

@@ -31,7 +31,8 @@ KINDS = ("train", "test", "predict")
 # initial values and variables' values, or host-side only. Checked by tests/test_shared_steps.py with
 # CIFAR_EXP_SHARE_STEPS=verify and by test_backend_setup's persistent-cache test.
 STEP_INPUTS = ("seed", "init", "optimizer.lr", "trainer.epochs", "trainer.label_smoothing",
-               "trainer.validation_freq", "model.kernel_l2", "model.bias_l2", "optuna_trial")
+               "trainer.validation_freq", "model.kernel_l2", "model.bias_l2", "optuna_trial",
+               "transfer.pretrain.seed")  # the transfer target's: it only changes the weights it loads
 # Groups whose numbers (and nulls) are all step inputs: the schedule's (OptimizerVariables) and
 # self-paced learning's (the v-step runs on the host; its weights arrive as sample weights).
 NUMBERS_ARE_INPUTS = ("lr_schedule", "weighting")
@@ -45,8 +46,9 @@ class StepMismatchError(RuntimeError):
 
 
 class _Program:
-    def __init__(self, key, signature, function, model):
+    def __init__(self, key, signature, function, model, lowered=None):
         self.key, self.signature, self.function, self.model = key, signature, function, model
+        self.lowered = lowered  # under verify: the StableHLO of the program traced (and cached) for it
 
 
 MODES = {"1": "on", "on": "on", "true": "on", "0": "off", "off": "off", "false": "off", "verify": "verify"}
@@ -56,11 +58,11 @@ def mode() -> str:
     """CIFAR_EXP_SHARE_STEPS as on | off | verify; ConfigError naming the variable for any other value."""
     from cifar_exp.errors import ConfigError
 
-    value = os.environ.get(SHARE_ENV, "1")
-    if value.strip().lower() not in MODES:
+    value = os.environ.get(SHARE_ENV, "").strip() or "1"  # empty: unset
+    if value.lower() not in MODES:
         raise ConfigError(f"{SHARE_ENV} (environment)", value, "1 (share, the default), 0 (each job traces its "
                           "own steps) or verify (share, and check each reused step is this job's program)")
-    return MODES[value.strip().lower()]
+    return MODES[value.lower()]
 
 
 class Sharing:
@@ -145,6 +147,10 @@ def _optimizer_constants(optimizer) -> dict:
     """The optimizer's config without its rate where that is a variable: a number (Keras keeps a float
     rate in a variable) or an OptimizerVariables schedule (its numbers are optimizer variables); any
     other schedule's numbers are constants of the step and stay."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:  # mixed_float16's LossScaleOptimizer: its own numbers, the wrapped one's as here
+        config = {k: v for k, v in _constants(optimizer).items() if k not in ("inner_optimizer", "name")}
+        return {**config, "inner_optimizer": (type(inner).__name__, _optimizer_constants(inner))}
     config = _constants(optimizer)
     config.pop("name", None)  # Keras numbers it per session (sgd_1, sgd_2); it computes nothing
     rate = config.get("learning_rate")
@@ -175,6 +181,7 @@ def share(model, key: str | None) -> Sharing | None:
     CIFAR_EXP_SHARE_STEPS=verify a reusing step's first call raises StepMismatchError when the two
     programs differ. Returns what the steps did (filled in as they run; run_tag), None for key None."""
     if key is None:
+        _evict()  # a job that does not share frees the kept model too
         return None
     if any(program.key != key for program in _programs.values()):
         _evict()  # never reused now: freed with this job's collection, not kept beside its model
@@ -202,7 +209,7 @@ def _wrap(model, kind: str, key: str, sharing: Sharing) -> None:
                 if verified:
                     data = next(iterator)
                     iterator = itertools.chain([data], iterator)
-                    _verify(kind, earlier.model, model, state, data)
+                    _verify(kind, earlier, model, state, data)
                 sharing.reused.append(kind)
                 sharing.verified = sharing.verified or verified
                 log.info("%s step: reusing the one traced for an earlier job of this process (same program%s; "
@@ -210,9 +217,14 @@ def _wrap(model, kind: str, key: str, sharing: Sharing) -> None:
                          ", verified: identical StableHLO" if verified else "", SHARE_ENV)
                 setattr(model, attribute, earlier.function)
                 return earlier.function(state, iterator)
+            lowered = None
+            if mode() == "verify":  # what the next job's own step will be compared with
+                data = next(iterator)
+                iterator = itertools.chain([data], iterator)
+                lowered = _lowered(kind, model, state, data)
             setattr(model, attribute, own)
             result = own(state, iterator)
-            _keep(kind, _Program(key, signature, own, model))  # once its trace succeeded
+            _keep(kind, _Program(key, signature, own, model, lowered))  # once its trace succeeded
             return result
 
         setattr(model, attribute, first_call)
@@ -253,15 +265,19 @@ def _signature(model, state) -> tuple:
             described(model.metrics_variables), layout)
 
 
-def _verify(kind: str, earlier, model, state, data) -> None:
-    """Raise StepMismatchError unless the earlier model's step lowers to the same program as `model`'s
-    (StableHLO text without locations: every constant in full) for this state and batch."""
+def _lowered(kind: str, model, state, data) -> str:
+    """`model`'s step of `kind` lowered for this state and batch: StableHLO text without locations
+    (every constant in full)."""
     import jax
 
-    def program(owner) -> str:
-        return jax.jit(getattr(owner, f"{kind}_step")).lower(state, data).as_text(debug_info=False)
+    return jax.jit(getattr(model, f"{kind}_step")).lower(state, data).as_text(debug_info=False)
 
-    if program(earlier) != program(model):
+
+def _verify(kind: str, earlier: _Program, model, state, data) -> None:
+    """Raise StepMismatchError unless `model`'s own step lowers to the program the earlier job traced
+    (kept when it was traced under verify; else the earlier model's step lowered again now)."""
+    theirs = earlier.lowered if earlier.lowered is not None else _lowered(kind, earlier.model, state, data)
+    if _lowered(kind, model, state, data) != theirs:
         raise StepMismatchError(f"the {kind} step traced for an earlier job is not this job's program: "
                                 f"shared_steps.program_key misses something that shapes it (a config key "
                                 f"wrongly in STEP_INPUTS, or a constant no config holds); "
