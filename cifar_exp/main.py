@@ -130,10 +130,9 @@ def cli() -> None:
 
 def check_before_hydra_writes(args: list[str]) -> str | None:
     """What Hydra would do wrong before our job runs, in one line (None: nothing): a misspelt
-    CIFAR_EXP_SHARE_STEPS, a `-cd` folder that does not exist (Hydra: a UserWarning, then an error and
-    exit 1), and a single run whose
-    `hydra.run.dir` another live process works in (Hydra would overwrite that job's `.hydra/`
-    config files before the job's own lock refuses it)."""
+    CIFAR_EXP_SHARE_STEPS, a `-cd` folder that does not exist (Hydra: a UserWarning, then an error
+    and exit 1), and a single run whose `hydra.run.dir` another live process works in (Hydra would
+    overwrite that job's `.hydra/` config files before the job's own lock refuses it)."""
     from hydra._internal.utils import get_args_parser
 
     from cifar_exp.errors import ConfigError
