@@ -263,6 +263,43 @@ def test_quick_check_finds_one_damaged_page_and_passes_a_sound_store(tmp_path):
         health.check_sqlite(f"sqlite:///{path}")
 
 
+HOT_JOURNAL_WRITER = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("CREATE TABLE kept (x TEXT)")
+connection.execute("INSERT INTO kept VALUES ('committed')")
+connection.execute("PRAGMA cache_size=1")  # the transaction's pages reach the file before it commits
+connection.execute("BEGIN")
+connection.executemany("INSERT INTO kept VALUES (?)", [("x" * 500,) for _ in range(5000)])
+print("inside", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_store_whose_writer_was_killed_inside_a_transaction_is_rolled_back_not_refused(tmp_path):
+    """SIGKILL during an MLflow write leaves a hot journal beside the store; a read-only quick_check
+    cannot roll it back ('attempt to write a readonly database') and refused the store as damaged, so a
+    killed job could not resume (a CI run met it). The check rolls it back as sqlite does on any
+    read-write open: the committed row stays, the killed transaction is gone."""
+    from cifar_exp.tracking import health
+
+    path = tmp_path / "mlflow.db"
+    writer = subprocess.Popen([sys.executable, "-c", HOT_JOURNAL_WRITER, str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    assert writer.stdout.readline().strip() == "inside"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert (tmp_path / "mlflow.db-journal").exists()  # the hot journal the kill left
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what the read-only check met
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+            connection.execute("PRAGMA quick_check").fetchall()
+    health._quick_check.cache_clear()
+    health.check_sqlite(f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT x FROM kept").fetchall() == [("committed",)]
+    connection.close()
+
+
 @pytest.mark.slow
 def test_a_home_that_cannot_hold_caches_moves_them_with_one_warning_and_the_job_runs(tmp_path):
     home = tmp_path / "home"

@@ -217,12 +217,23 @@ def check_not_empty(tracking_uri: str) -> None:
 
 @functools.cache
 def _quick_check(path: str, inode: int) -> str | None:
-    # Read-only and immediate: never creates the file, never waits on a writer's lock for long.
+    # Read-only first: never creates the file, never waits on a writer's lock for long.
     from contextlib import closing
 
+    def quick_check(mode: str) -> list[str]:
+        with closing(sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=10)) as connection:
+            return [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
+
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as connection:
-            rows = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
+        try:
+            rows = quick_check("ro")
+        except sqlite3.OperationalError as error:
+            if "readonly" not in str(error):
+                raise
+            # A hot journal: a writer was killed inside a transaction (SIGKILL, OOM, power). Not damage:
+            # sqlite rolls it back on the next read-write open, which a read-only one may not do
+            # ("attempt to write a readonly database"). mode=rw still never creates the file.
+            rows = quick_check("rw")
     except sqlite3.DatabaseError as error:  # not a database at all, or a damaged header
         return str(error)
     return None if rows == ["ok"] else "; ".join(" ".join(row.split()) for row in rows)
