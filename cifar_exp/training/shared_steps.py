@@ -207,8 +207,7 @@ def _wrap(model, kind: str, key: str, sharing: Sharing) -> None:
             if earlier is not None and earlier.key == key and earlier.signature == signature:
                 verified = mode() == "verify"
                 if verified:
-                    data = next(iterator)
-                    iterator = itertools.chain([data], iterator)
+                    data, iterator = _peek(iterator)
                     _verify(kind, earlier, model, state, data)
                 sharing.reused.append(kind)
                 sharing.verified = sharing.verified or verified
@@ -219,8 +218,7 @@ def _wrap(model, kind: str, key: str, sharing: Sharing) -> None:
                 return earlier.function(state, iterator)
             lowered = None
             if mode() == "verify":  # what the next job's own step will be compared with
-                data = next(iterator)
-                iterator = itertools.chain([data], iterator)
+                data, iterator = _peek(iterator)
                 lowered = _lowered(kind, model, state, data)
             setattr(model, attribute, own)
             result = own(state, iterator)
@@ -231,6 +229,12 @@ def _wrap(model, kind: str, key: str, sharing: Sharing) -> None:
         return first_call
 
     model.__dict__[f"make_{kind}_function"] = make
+
+
+def _peek(iterator):
+    """(the first batch, an iterator that still yields it first): verify lowers a step for that batch."""
+    data = next(iterator)
+    return data, itertools.chain([data], iterator)
 
 
 def _keep(kind: str, program: _Program) -> None:
